@@ -55,6 +55,10 @@ class PythonCompiler:
     _counter: int = 0
     _references: list[NodeKey] = field(default_factory=list)
     _event_var: str | None = None
+    # Eager: a reference to another node is a parameter holding its value
+    # (``evaluate`` computes every node once, in order). Lazy: it is a call,
+    # made only if the short-circuiting logic gets there (``only_<node>``).
+    _lazy: bool = False
 
     # ---- module ----------------------------------------------------------------
 
@@ -78,6 +82,9 @@ class PythonCompiler:
         parameters: dict[NodeKey, tuple[NodeKey, ...]] = {}
         for node in self.rules.order:
             parameters[node] = self.node_function(node)
+        self._lazy = True
+        for node in self.rules.order:
+            self.node_function(node)
         self.entry_points(parameters)
         return GeneratedModule("\n".join(self.lines) + "\n", self.namespace, parameters)
 
@@ -93,8 +100,11 @@ class PythonCompiler:
         else:
             body = self.lifecycle_body()
         dependencies = tuple(dict.fromkeys(self._references))
-        arguments = ", ".join(["c", "now", *(function_name(d) for d in dependencies)])
-        self.lines.append(f"def {function_name(node)}({arguments}):")
+        if self._lazy:
+            self.lines.append(f"def only_{function_name(node)}(c, now):")
+        else:
+            arguments = ", ".join(["c", "now", *(function_name(d) for d in dependencies)])
+            self.lines.append(f"def {function_name(node)}({arguments}):")
         self.lines.extend(body)
         self.lines.append("")
         return dependencies
@@ -113,8 +123,6 @@ class PythonCompiler:
             self.lines.append(f"    return {result}")
             self.lines.append("")
 
-        for node in self.rules.order:
-            emit(f"only_{function_name(node)}", self.closure(node, parameters), f"{function_name(node)}_")
         segments = [n for n in self.rules.order if n[0] == "segment"]
         scores = [n for n in self.rules.order if n[0] == "score"]
         stage = "lifecycle_" if ("lifecycle", "") in parameters else "None"
@@ -124,20 +132,6 @@ class PythonCompiler:
             stage,
         )
         emit("evaluate", list(self.rules.order), result)
-
-    @staticmethod
-    def closure(node: NodeKey, parameters: dict[NodeKey, tuple[NodeKey, ...]]) -> list[NodeKey]:
-        ordered: list[NodeKey] = []
-
-        def visit(n: NodeKey) -> None:
-            for dependency in parameters[n]:
-                if dependency not in ordered:
-                    visit(dependency)
-            if n not in ordered:
-                ordered.append(n)
-
-        visit(node)
-        return ordered
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -217,10 +211,16 @@ class PythonCompiler:
         return result
 
     def expr_OrExpr(self, node: ast.OrExpr) -> str:
-        return "(" + " or ".join(self.expr(x) for x in node.items) + ")"
+        return "(" + " or ".join(self.expr(x) for x in self.cheapest_first(node.items)) + ")"
 
     def expr_AndExpr(self, node: ast.AndExpr) -> str:
-        return "(" + " and ".join(self.expr(x) for x in node.items) + ")"
+        return "(" + " and ".join(self.expr(x) for x in self.cheapest_first(node.items)) + ")"
+
+    def cheapest_first(self, items: tuple[ast.Expr, ...]) -> list[ast.Expr]:
+        # Conditions have no side effects and cannot fail, so `and`/`or`
+        # operands may run in any order: cheap tests first short-circuit the
+        # costly ones (event scans, scores, other segments).
+        return sorted(items, key=lambda item: estimate_cost(self.rules, item))
 
     def expr_NotOp(self, node: ast.NotOp) -> str:
         return f"(not {self.expr(node.operand)})"
@@ -234,10 +234,12 @@ class PythonCompiler:
     def expr_SubscribedTest(self, node: ast.SubscribedTest) -> str:
         return f"(c.subscriptions.get({self.const(node.list)}) == 'subscribed')"
 
-    def expr_SegmentTest(self, node: ast.SegmentTest) -> str:
-        key = ("segment", node.segment)
+    def reference(self, key: NodeKey) -> str:
         self._references.append(key)
-        return function_name(key)
+        return f"only_{function_name(key)}(c, now)" if self._lazy else function_name(key)
+
+    def expr_SegmentTest(self, node: ast.SegmentTest) -> str:
+        return self.reference(("segment", node.segment))
 
     def expr_EventTest(self, node: ast.EventTest) -> str:
         spec = node.event
@@ -261,11 +263,15 @@ class PythonCompiler:
             return "False"
         python_op = PY_OPS[op]
         checks = []
-        if not self.is_constant(left):
+        if self.never_missing(left):
+            pass
+        elif not self.is_constant(left):
             ta = self.temp()
             checks.append(f"({ta} := {a}) is not None")
             a = ta
-        if not self.is_constant(right):
+        if self.never_missing(right):
+            pass
+        elif not self.is_constant(right):
             tb = self.temp()
             checks.append(f"({tb} := {b}) is not None")
             b = tb
@@ -284,6 +290,15 @@ class PythonCompiler:
                 return f"_jbool({code})"
             raise InternalError(f"json compared with {other}")
         return code
+
+    @staticmethod
+    def never_missing(value: ast.Value) -> bool:
+        """Values that always exist: scores, counts, sums and ``now``-based times."""
+        if isinstance(value, ast.TimeShift):
+            return isinstance(value.value, ast.Now)
+        return isinstance(value, (ast.ScoreRef, ast.CountAgg, ast.Now)) or (
+            isinstance(value, ast.ValueAgg) and value.fn == "sum"
+        )
 
     @staticmethod
     def is_constant(value: ast.Value) -> bool:
@@ -362,9 +377,7 @@ class PythonCompiler:
             assert self._event_var is not None
             return f"{self._event_var}.at"
         if node.name == "stage":
-            key = ("lifecycle", "")
-            self._references.append(key)
-            return function_name(key)
+            return self.reference(("lifecycle", ""))
         return f"c.{node.name}"
 
     def value_FieldRef(self, node: ast.FieldRef) -> str:
@@ -378,9 +391,7 @@ class PythonCompiler:
         return f"_jpath({self._event_var}.props, {self.const(node.path)})"
 
     def value_ScoreRef(self, node: ast.ScoreRef) -> str:
-        key = ("score", node.name)
-        self._references.append(key)
-        return function_name(key)
+        return self.reference(("score", node.name))
 
     def value_Now(self, node: ast.Now) -> str:
         return "now"
@@ -466,3 +477,48 @@ class PythonCompiler:
             self._event_var = saved
         return self.helper_function(lambda name: [f"def {name}(e, now):", f"    return {code}"])
 
+
+
+def estimate_cost(rules: CheckedRules, node: object, seen: frozenset[NodeKey] = frozenset()) -> int:
+    """A rough relative cost of evaluating ``node`` for one contact."""
+    if isinstance(node, ast.EventSpec):
+        return 4 + (20 if node.where is not None else 0)
+    if isinstance(node, (ast.ValueAgg, ast.TimeAgg)):
+        return 20 + estimate_cost(rules, node.event, seen)
+    if isinstance(node, ast.Matches):
+        return 6 + estimate_cost(rules, node.value, seen)
+    if isinstance(node, ast.TextMatch):
+        return 3 + estimate_cost(rules, node.value, seen) + estimate_cost(rules, node.pattern, seen)
+    target: NodeKey | None = None
+    if isinstance(node, ast.SegmentTest):
+        target = ("segment", node.segment)
+    elif isinstance(node, ast.ScoreRef):
+        target = ("score", node.name)
+    elif isinstance(node, ast.Attribute) and node.name == "stage":
+        target = ("lifecycle", "")
+    if target is not None:
+        if target in seen:
+            return 1
+        return 2 + sum(
+            estimate_cost(rules, item, seen | {target}) for item in _node_parts(rules, target)
+        )
+    cost = 1
+    if hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            if name in ("span", "type", "regex"):
+                continue
+            child = getattr(node, name)
+            children = child if isinstance(child, tuple) else (child,)
+            cost += sum(
+                estimate_cost(rules, c, seen) for c in children if isinstance(c, (ast.Node, tuple))
+            )
+    return cost
+
+
+def _node_parts(rules: CheckedRules, node: NodeKey) -> list[object]:
+    kind, name = node
+    if kind == "segment":
+        return [rules.segments[name].body]
+    if kind == "score":
+        return [r.event if isinstance(r, ast.ScorePer) else r.condition for r in rules.scores[name].rules]
+    return [s.condition for s in rules.lifecycle.stages] if rules.lifecycle else []
