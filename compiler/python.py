@@ -14,7 +14,6 @@ missing; conditions compile to expressions that are always ``True``/``False``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -28,6 +27,9 @@ from nudgel.dsl.timeparse import MICROS_PER_SECOND
 from nudgel.runtime import memory_helpers
 
 NodeKey = tuple[str, str]
+
+_WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+_GENERATED = re.compile(r"_f[0-9]+|only_[a-z0-9_]+")
 
 PY_OPS = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 NEGATE_OP = {"=": "!=", "!=": "="}
@@ -101,13 +103,25 @@ class PythonCompiler:
             body = self.lifecycle_body()
         dependencies = tuple(dict.fromkeys(self._references))
         if self._lazy:
-            self.lines.append(f"def only_{function_name(node)}(c, now):")
+            self.define(f"only_{function_name(node)}", ["c", "now"], body)
         else:
-            arguments = ", ".join(["c", "now", *(function_name(d) for d in dependencies)])
-            self.lines.append(f"def {function_name(node)}({arguments}):")
+            self.define(function_name(node), ["c", "now", *(function_name(d) for d in dependencies)], body)
+        return dependencies
+
+    def define(self, name: str, parameters: list[str], body: list[str]) -> None:
+        """Write a function whose constants and helpers are parameter defaults:
+        read from the namespace once, when the module runs, then fast locals on
+        every call (positional defaults cost less per call than keyword-only)."""
+        used = dict.fromkeys(
+            word
+            for line in body
+            for word in _WORD.findall(line)
+            if word not in parameters and (word in self.namespace or _GENERATED.fullmatch(word))
+        )
+        bound = "".join(f", {word}={word}" for word in used)
+        self.lines.append(f"def {name}({', '.join(parameters)}{bound}):")
         self.lines.extend(body)
         self.lines.append("")
-        return dependencies
 
     def entry_points(self, parameters: dict[NodeKey, tuple[NodeKey, ...]]) -> None:
         """``only_<node>`` for each node and ``evaluate`` for all; each result
@@ -155,27 +169,42 @@ class PythonCompiler:
         self._counter += 1
         return f"_t{self._counter}"
 
-    def helper_function(self, write: Callable[[str], list[str]]) -> str:
+    def helper_function(self, parameters: list[str], body: list[str]) -> str:
         self._counter += 1
         name = f"_f{self._counter}"
-        self.lines.extend(write(name))
-        self.lines.append("")
+        self.define(name, parameters, body)
         return name
 
     # ---- declarations ----------------------------------------------------------------
 
     def score_body(self, decl: ast.ScoreDecl) -> list[str]:
-        body = ["    total = _ZERO"]
+        """Whole-number models add ints (exact and fast); any fraction makes the
+        whole model use exact decimal arithmetic."""
+        numbers = [r.points for r in decl.rules]
+        numbers += [r.cap for r in decl.rules if isinstance(r, ast.ScorePer) and r.cap is not None]
+        if decl.clamp is not None:
+            numbers += [decl.clamp.low, decl.clamp.high]
+        integral = all(isinstance(exact_number(n), int) for n in numbers)
+        body = ["    total = 0" if integral else "    total = _ZERO"]
         for rule in decl.rules:
-            points = self.const(rule.points)
+            points = self.const(exact_number(rule.points))
             if isinstance(rule, ast.ScorePer):
-                cap = self.const(rule.cap) if rule.cap is not None else "None"
-                body.append(f"    total = _add(total, _per_event({points}, {self.count(rule.event)}, {cap}))")
+                count = self.count(rule.event)
+                if not integral:
+                    cap = self.const(rule.cap) if rule.cap is not None else "None"
+                    body.append(f"    total = _add(total, _per_event({points}, {count}, {cap}))")
+                elif rule.cap is None:
+                    body.append(f"    total += {points} * {count}")
+                else:
+                    # count >= 0, so the product has the sign of the points.
+                    limit, bound = ("min", int(rule.cap)) if rule.points > 0 else ("max", -int(rule.cap))
+                    body.append(f"    total += {limit}({points} * {count}, {self.const(bound)})")
             else:
                 body.append(f"    if {self.expr(rule.condition)}:")
-                body.append(f"        total = _add(total, {points})")
+                body.append(f"        total {'+= ' if integral else '= _add(total, '}{points}{'' if integral else ')'}")
         if decl.clamp is not None:
-            low, high = self.const(decl.clamp.low), self.const(decl.clamp.high)
+            low = self.const(exact_number(decl.clamp.low))
+            high = self.const(exact_number(decl.clamp.high))
             body.append(f"    if total < {low}:")
             body.append(f"        total = {low}")
             body.append(f"    elif total > {high}:")
@@ -262,6 +291,8 @@ class PythonCompiler:
         if a == "None" or b == "None":
             return "False"
         python_op = PY_OPS[op]
+        if op == "=" and (self.is_constant(left) or self.is_constant(right)):
+            return f"({a} == {b})"  # a missing value (None) never equals a constant
         checks = []
         if self.never_missing(left):
             pass
@@ -420,7 +451,7 @@ class PythonCompiler:
         return self.const(node.value) if node.value != "" else "None"
 
     def value_NumberLiteral(self, node: ast.NumberLiteral) -> str:
-        return self.const(node.value)
+        return self.const(exact_number(node.value))
 
     def value_BoolLiteral(self, node: ast.BoolLiteral) -> str:
         return "True" if node.value else "False"
@@ -438,7 +469,9 @@ class PythonCompiler:
     def literal_value(node: ast.Value) -> Any:
         if isinstance(node, ast.TextLiteral):
             return node.value if node.value != "" else None
-        if isinstance(node, (ast.NumberLiteral, ast.BoolLiteral)):
+        if isinstance(node, ast.NumberLiteral):
+            return exact_number(node.value)
+        if isinstance(node, ast.BoolLiteral):
             return node.value
         if isinstance(node, ast.TimeLiteral):
             return node.micros
@@ -475,7 +508,7 @@ class PythonCompiler:
             code = self.expr(condition)
         finally:
             self._event_var = saved
-        return self.helper_function(lambda name: [f"def {name}(e, now):", f"    return {code}"])
+        return self.helper_function(["e", "now"], [f"    return {code}"])
 
 
 
@@ -522,3 +555,9 @@ def _node_parts(rules: CheckedRules, node: NodeKey) -> list[object]:
     if kind == "score":
         return [r.event if isinstance(r, ast.ScorePer) else r.condition for r in rules.scores[name].rules]
     return [s.condition for s in rules.lifecycle.stages] if rules.lifecycle else []
+
+
+def exact_number(value: Decimal) -> int | Decimal:
+    """Whole numbers as ``int``: they compare exactly with ``Decimal`` and
+    ``int`` values alike, and int arithmetic and comparison are much faster."""
+    return int(value) if value == value.to_integral_value() else value
