@@ -4,6 +4,7 @@ E100 diagnostic here, and nothing from Lark escapes."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,19 +12,21 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Tree
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
-    VisitError,
 )
 from lark.tree import Meta
 
 from nudgel.dsl import ast
-from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
+from nudgel.dsl.diagnostics import SYNTAX, Diagnostic, InternalError
 from nudgel.dsl.span import Span
+
+# Text that PostgreSQL cannot store and UTF-8 cannot encode.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 KEYWORDS = frozenset(
     "segment score field lifecycle when per max clamp and or not in is set event where "
@@ -51,13 +54,14 @@ def parse(source: str, path: str = "<input>") -> ParseResult:
         tree = _lark().parse(source)
     except UnexpectedInput as error:
         return ParseResult(None, (_syntax_diagnostic(error, source, path),))
-    builder = _AstBuilder(path)
+    except RecursionError:
+        return ParseResult(None, (_too_deep(path),))
     try:
-        declarations = builder.transform(tree)
-    except VisitError as error:
-        if isinstance(error.orig_exc, _BadToken):
-            return ParseResult(None, (error.orig_exc.diagnostic,))
-        raise
+        declarations = _AstBuilder(path).build(tree)
+    except _BadToken as error:
+        return ParseResult(None, (error.diagnostic,))
+    except RecursionError:
+        return ParseResult(None, (_too_deep(path),))
     return ParseResult(
         ast.RuleFile(
             path,
@@ -92,6 +96,10 @@ def scan_comments(source: str) -> list[ast.Comment]:
 
 
 # ---- syntax errors -----------------------------------------------------------
+
+
+def _too_deep(path: str) -> Diagnostic:
+    return SYNTAX(Span.point(path, 1, 1), message="the rules are nested too deeply to read")
 
 _TERMINAL_NAMES = {
     "NAME": "a name",
@@ -224,19 +232,25 @@ class _BadToken(Exception):
         self.diagnostic = diagnostic
 
 
-def _rule(fn: Callable[..., Any]) -> Any:
-    """Transformer callback that receives (self, children, span)."""
+class _AstBuilder:
+    """Builds AST nodes bottom-up from Lark's tree: one method per grammar
+    rule, called with the built children and the rule's span. (A plain walk:
+    Lark's Transformer wraps every callback on every call, which doubled the
+    cost of checking.)"""
 
-    def wrapper(self: _AstBuilder, meta: Meta, children: list[Any]) -> Any:
-        return fn(self, children, self.span(meta))
-
-    return v_args(meta=True)(wrapper)
-
-
-class _AstBuilder(Transformer[Token, list[ast.Declaration]]):
     def __init__(self, path: str) -> None:
-        super().__init__(visit_tokens=False)
         self.path = path
+        self.handlers: dict[str, Callable[[list[Any], Span], Any]] = {}
+
+    def build(self, tree: Tree[Token]) -> Any:
+        children = [self.build(c) if isinstance(c, Tree) else c for c in tree.children]
+        handler = self.handlers.get(tree.data)
+        if handler is None:
+            handler = getattr(self, str(tree.data), None)
+            if handler is None:
+                raise InternalError(f"the parser has no rule for grammar rule `{tree.data}`")
+            self.handlers[tree.data] = handler
+        return handler(children, self.span(tree.meta))
 
     def span(self, meta: Meta) -> Span:
         if getattr(meta, "empty", True):
@@ -265,23 +279,24 @@ class _AstBuilder(Transformer[Token, list[ast.Declaration]]):
         return text
 
     def string(self, token: Token) -> str:
-        value = json.loads(str(token))
+        text = str(token)
+        # Without escapes (the common case) the text is the value.
+        value = text[1:-1] if "\\" not in text else json.loads(text)
         assert isinstance(value, str)
-        for char in value:
-            if char == "\x00" or 0xD800 <= ord(char) <= 0xDFFF:
-                raise _BadToken(
-                    SYNTAX(
-                        self.token_span(token),
-                        message=f"string contains U+{ord(char):04X}, which text cannot hold",
-                    )
+        bad = _UNSTORABLE.search(value)
+        if bad is not None:
+            raise _BadToken(
+                SYNTAX(
+                    self.token_span(token),
+                    message=f"string contains U+{ord(bad.group()):04X}, which text cannot hold",
                 )
+            )
         return value
 
     # declarations
-    def start(self, children: list[ast.Declaration]) -> list[ast.Declaration]:
+    def start(self, children: list[ast.Declaration], span: Span) -> list[ast.Declaration]:
         return children
 
-    @_rule
     def field_decl(self, c: list[Token], span: Span) -> ast.FieldDecl:
         return ast.FieldDecl(
             self.name(c[0]),
@@ -291,104 +306,81 @@ class _AstBuilder(Transformer[Token, list[ast.Declaration]]):
             type_span=self.token_span(c[1]),
         )
 
-    @_rule
     def segment_decl(self, c: list[Any], span: Span) -> ast.SegmentDecl:
         title = self.string(c[1]) if c[1] is not None else None
         return ast.SegmentDecl(
             self.name(c[0]), title, c[2], span=span, name_span=self.token_span(c[0])
         )
 
-    @_rule
     def score_decl(self, c: list[Any], span: Span) -> ast.ScoreDecl:
         rules = tuple(x for x in c[1:-1])
         return ast.ScoreDecl(
             self.name(c[0]), rules, c[-1], span=span, name_span=self.token_span(c[0])
         )
 
-    @_rule
     def score_per(self, c: list[Any], span: Span) -> ast.ScorePer:
         return ast.ScorePer(c[0], c[1], c[2], span=span)
 
-    @_rule
     def score_when(self, c: list[Any], span: Span) -> ast.ScoreWhen:
         return ast.ScoreWhen(c[0], c[1], span=span)
 
-    @_rule
     def score_cap(self, c: list[Any], span: Span) -> Decimal:
         value: Decimal = c[0].value
         return value
 
-    @_rule
     def points(self, c: list[Any], span: Span) -> Decimal:
         value = Decimal(str(c[1]))
         return -value if c[0] == "-" else value
 
-    @_rule
     def sign(self, c: list[Token], span: Span) -> str:
         return str(c[0])
 
-    @_rule
     def clamp(self, c: list[ast.NumberLiteral], span: Span) -> ast.Clamp:
         return ast.Clamp(c[0].value, c[1].value, span=span)
 
-    @_rule
     def lifecycle_decl(self, c: list[ast.StageDecl], span: Span) -> ast.LifecycleDecl:
         return ast.LifecycleDecl(tuple(c), span=span)
 
-    @_rule
     def stage_decl(self, c: list[Any], span: Span) -> ast.StageDecl:
         return ast.StageDecl(self.name(c[0]), c[1], span=span, name_span=self.token_span(c[0]))
 
     # conditions
-    @_rule
     def or_expr(self, c: list[ast.Expr], span: Span) -> ast.OrExpr:
         return ast.OrExpr(tuple(c), span=span)
 
-    @_rule
     def and_expr(self, c: list[ast.Expr], span: Span) -> ast.AndExpr:
         return ast.AndExpr(tuple(c), span=span)
 
-    @_rule
     def not_op(self, c: list[Any], span: Span) -> ast.NotOp:
         return ast.NotOp(c[-1], span=span)
 
-    @_rule
     def truthy(self, c: list[ast.Value], span: Span) -> ast.Truthy:
         return ast.Truthy(c[0], span=span)
 
-    @_rule
     def tag_test(self, c: list[Token], span: Span) -> ast.TagTest:
         return ast.TagTest(self.string(c[0]), span=span)
 
-    @_rule
     def subscribed_test(self, c: list[Token], span: Span) -> ast.SubscribedTest:
         return ast.SubscribedTest(self.string(c[0]), span=span)
 
-    @_rule
     def segment_test(self, c: list[Token], span: Span) -> ast.SegmentTest:
         return ast.SegmentTest(self.name(c[0]), span=span)
 
-    @_rule
     def event_test(self, c: list[ast.EventSpec], span: Span) -> ast.EventTest:
         return ast.EventTest(c[0], span=span)
 
-    @_rule
     def compare(self, c: list[Any], span: Span) -> ast.Compare:
         return ast.Compare(c[1], c[0], c[2], span=span)
 
-    @_rule
     def in_list(self, c: list[Any], span: Span) -> ast.InList:
         return ast.InList(c[0], c[2], c[1] is not None, span=span)
 
-    @_rule
     def between(self, c: list[Any], span: Span) -> ast.Between:
         return ast.Between(c[0], c[2], c[3], c[1] is not None, span=span)
 
-    @_rule
     def text_match(self, c: list[Any], span: Span) -> ast.TextMatch:
         return ast.TextMatch(c[2], c[0], c[3], c[1] is not None, span=span)
 
-    @_rule
     def matches(self, c: list[Any], span: Span) -> ast.Matches:
         token: Token = c[2]
         return ast.Matches(
@@ -400,36 +392,28 @@ class _AstBuilder(Transformer[Token, list[ast.Declaration]]):
             pattern_span=self.token_span(token),
         )
 
-    @_rule
     def has(self, c: list[Any], span: Span) -> ast.Has:
         return ast.Has(c[0], c[2], c[1] is not None, span=span)
 
-    @_rule
     def is_set(self, c: list[Any], span: Span) -> ast.IsSet:
         return ast.IsSet(c[0], c[1] is not None, span=span)
 
-    @_rule
     def negation(self, c: list[Token], span: Span) -> str:
         return "not"
 
-    @_rule
     def cmp_op(self, c: list[Token], span: Span) -> str:
         return str(c[0])
 
-    @_rule
     def text_op(self, c: list[Token], span: Span) -> str:
         return str(c[0])
 
-    @_rule
     def value_fn(self, c: list[Token], span: Span) -> str:
         return str(c[0])
 
-    @_rule
     def time_fn(self, c: list[Token], span: Span) -> str:
         return str(c[0])
 
     # values
-    @_rule
     def time_shift(self, c: list[Any], span: Span) -> ast.TimeShift:
         token: Token = c[1]
         text = "".join(str(token).split())
@@ -442,80 +426,62 @@ class _AstBuilder(Transformer[Token, list[ast.Declaration]]):
             span=span,
         )
 
-    @_rule
     def attribute(self, c: list[Token], span: Span) -> ast.Attribute:
         return ast.Attribute(self.name(c[0]), span=span)
 
-    @_rule
     def field_ref(self, c: list[Any], span: Span) -> ast.FieldRef:
         return ast.FieldRef(self.name(c[0]), tuple(c[1:]), span=span)
 
-    @_rule
     def props_ref(self, c: list[str], span: Span) -> ast.PropsRef:
         return ast.PropsRef(tuple(c), span=span)
 
-    @_rule
     def path_key(self, c: list[Token], span: Span) -> str:
         token = c[0]
         return self.string(token) if token.type == "STRING" else str(token)
 
-    @_rule
     def score_ref(self, c: list[Token], span: Span) -> ast.ScoreRef:
         return ast.ScoreRef(self.name(c[0]), span=span)
 
-    @_rule
     def now(self, c: list[Any], span: Span) -> ast.Now:
         return ast.Now(span=span)
 
-    @_rule
     def count_agg(self, c: list[Any], span: Span) -> ast.CountAgg:
         return ast.CountAgg(c[0], span=span)
 
-    @_rule
     def value_agg(self, c: list[Any], span: Span) -> ast.ValueAgg:
         return ast.ValueAgg(c[0], c[1], c[2], span=span)
 
-    @_rule
     def time_agg(self, c: list[Any], span: Span) -> ast.TimeAgg:
         return ast.TimeAgg(c[0], c[1], span=span)
 
-    @_rule
     def event_spec(self, c: list[Any], span: Span) -> ast.EventSpec:
         name_token: Token = c[0]
         name = None if name_token.type == "ANY_EVENT" else self.string(name_token)
         return ast.EventSpec(name, c[1], c[2], span=span)
 
-    @_rule
     def event_where(self, c: list[ast.Expr], span: Span) -> ast.Expr:
         return c[0]
 
-    @_rule
     def event_within(self, c: list[Token], span: Span) -> ast.Duration:
         text = str(c[0])
         return ast.Duration(int(text[:-1]), text[-1], span=self.token_span(c[0]))
 
-    @_rule
     def text_literal(self, c: list[Token], span: Span) -> ast.TextLiteral:
         return ast.TextLiteral(self.string(c[0]), span=span)
 
-    @_rule
     def number(self, c: list[Any], span: Span) -> ast.NumberLiteral:
         text = ("-" if c[0] is not None else "") + str(c[1])
         return ast.NumberLiteral(Decimal(text), text, span=span)
 
-    @_rule
     def minus(self, c: list[Token], span: Span) -> str:
         return "-"
 
-    @_rule
     def true_literal(self, c: list[Any], span: Span) -> ast.BoolLiteral:
         return ast.BoolLiteral(True, span=span)
 
-    @_rule
     def false_literal(self, c: list[Any], span: Span) -> ast.BoolLiteral:
         return ast.BoolLiteral(False, span=span)
 
-    @_rule
     def list_literal(self, c: list[Any], span: Span) -> ast.ListLiteral:
         items = tuple(x for x in c if x is not None)
         return ast.ListLiteral(items, span=span)
