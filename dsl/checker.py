@@ -37,6 +37,9 @@ ATTRIBUTE_TYPES: dict[str, Type] = {
 # Durations and time offsets are bounded so that no timestamp arithmetic can
 # leave the range both backends represent (PostgreSQL: 4713 BC to 294276 AD).
 MAX_OFFSET_SECONDS = 100_000 * 86_400
+# Deeper conditions are unreadable, and the generated Python would exceed the
+# interpreter's own nesting limits.
+MAX_NESTING = 64
 
 ORDERING = frozenset({"<", "<=", ">", ">="})
 EQUALITY = frozenset({"=", "!="})
@@ -125,6 +128,8 @@ class _Checker:
     used_fields: set[str] = field(default_factory=set)
     # owner -> [(referenced node, span of the reference)]
     edges: dict[Node, list[tuple[Node, Span]]] = field(default_factory=dict)
+    depth: int = 0
+    too_deep_reported: bool = False
 
     def report(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -284,6 +289,24 @@ class _Checker:
     # ---- conditions ------------------------------------------------------------
 
     def expr(self, node: ast.Expr, ctx: _Context) -> ast.Expr:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                if not self.too_deep_reported:
+                    self.too_deep_reported = True
+                    self.report(
+                        d.SYNTAX(
+                            node.span,
+                            message=f"conditions nested more than {MAX_NESTING} levels deep",
+                            help="split the condition into segments and use `in segment`",
+                        )
+                    )
+                return node
+            return self.expr_node(node, ctx)
+        finally:
+            self.depth -= 1
+
+    def expr_node(self, node: ast.Expr, ctx: _Context) -> ast.Expr:
         if isinstance(node, ast.OrExpr):
             return replace(node, items=tuple(self.expr(x, ctx) for x in node.items))
         if isinstance(node, ast.AndExpr):
