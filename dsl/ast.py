@@ -14,7 +14,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, TypeAlias
 
-from nudgel.dsl.span import Span
+from nudgel.dsl.span import NO_SPAN, Span
 
 if TYPE_CHECKING:
     from nudgel.dsl.regex import PortableRegex
@@ -60,7 +60,7 @@ DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    span: Span = field(kw_only=True, compare=False, repr=False)
+    span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
 
 
 # ---- values -----------------------------------------------------------------
@@ -308,8 +308,8 @@ class IsSet(Expr):
 class FieldDecl(Node):
     name: str
     type_name: str
-    name_span: Span = field(kw_only=True, compare=False, repr=False)
-    type_span: Span = field(kw_only=True, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
+    type_span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +317,7 @@ class SegmentDecl(Node):
     name: str
     title: str | None
     body: Expr
-    name_span: Span = field(kw_only=True, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,14 +347,14 @@ class ScoreDecl(Node):
     name: str
     rules: tuple[ScoreRule, ...]
     clamp: Clamp | None = None
-    name_span: Span = field(kw_only=True, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class StageDecl(Node):
     name: str
     condition: Expr
-    name_span: Span = field(kw_only=True, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,8 @@ def _syntax_diagnostic(error: UnexpectedInput, source: str, path: str) -> Diagno
         end_column = token.end_column or column + 1
         expected = _expected(error)
         message = f"unexpected {_describe_token(token)}, expected {_describe_expected(expected)}"
+        if token.type == "KEY" and "NAME" in expected:
+            message = f"unexpected {_describe_token(token)}: names are lower case"
         span = Span(path, line, column, end_line, end_column)
     elif isinstance(error, (UnexpectedEOF, UnexpectedToken)):
         expected = _expected(error)
