@@ -1,0 +1,74 @@
+"""Shared PostgreSQL fixtures.
+
+- ``database_url`` (session): URL of a throwaway, empty database
+  ``nudgel_test_<hex>``, dropped at the end. It lives on the server named by
+  ``$DATABASE_URL`` when set, else on the embedded server with its data in
+  ``.nudgel-data/test-pg`` (git-ignored; kept between runs so only the first
+  run pays for ``initdb``).
+- ``migrated_url`` (session): the same database with the migrations applied
+  to its ``public`` schema.
+- ``pg_conn`` (per test): a connection to the migrated database, autocommit
+  off; everything the test did is rolled back.
+
+Tests that must build schemas themselves should use their own schema in
+``database_url`` (see ``tests/test_migrations.py``), not the shared ``public``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from nudgel.api.embedded import ensure_embedded_postgres
+from nudgel.api.migrate import apply_migrations
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_PG_DATA = REPO_ROOT / ".nudgel-data" / "test-pg"
+
+
+def with_database(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname`` (URL or key=value conninfo)."""
+    if "://" not in url:
+        return make_conninfo(url, dbname=dbname)
+    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    server_url = os.environ.get("DATABASE_URL") or ensure_embedded_postgres(TEST_PG_DATA)
+    name = f"nudgel_test_{secrets.token_hex(6)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        # FORCE: a test that leaked a connection must not make the drop fail.
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def migrated_url(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        apply_migrations(conn)
+    return database_url
+
+
+@pytest.fixture
+def pg_conn(migrated_url: str) -> Iterator[psycopg.Connection]:
+    # Not `with psycopg.connect(...)`: leaving that block COMMITs.
+    conn = psycopg.connect(migrated_url)
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
