@@ -430,13 +430,13 @@ class _Checker:
         return literal
 
     def comparable(self, op: str, left: ast.Value, right: ast.Value, span: Span) -> bool:
-        lt, rt = left.type, right.type
-        if Type.UNKNOWN in (lt, rt):
-            return False
         for side in (left, right):
             if isinstance(side, ast.ListLiteral):
                 self.mismatch(side.span, "a list can only follow `in` or `not in`")
                 return False
+        lt, rt = left.type, right.type
+        if Type.UNKNOWN in (lt, rt):
+            return False
         if lt is Type.JSON or rt is Type.JSON:
             other = rt if lt is Type.JSON else lt
             if other.is_time or other is Type.STAGE:
