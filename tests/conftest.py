@@ -24,10 +24,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from nudgel.api.embedded import ensure_embedded_postgres
 from nudgel.api.migrate import apply_migrations
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+# Hypothesis profiles: `ci` (default) keeps the whole suite within minutes on two
+# cores; `HYPOTHESIS_PROFILE=long` runs thousands of examples per property.
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_PG_DATA = REPO_ROOT / ".nudgel-data" / "test-pg"
