@@ -1,0 +1,1213 @@
+"""Checked AST to parameterised PostgreSQL (the SQL backend).
+
+One visitor (``_Visitor``, a ``visit_<NodeClass>`` method per node class)
+turns checked trees into sqlglot expression trees, rendered with the postgres
+dialect. Every value, from the rule file or our own (``''``, JSON type names,
+``'UTC'``, fold tables, zero), is a bound parameter ``%(pN)s``: the SQL text
+holds only syntax, column and function names. ``now``, the workspace and the
+contact are bound at run time by ``CompiledQuery.bind``.
+
+Semantics follow the in-memory backend exactly (spec §4-§10):
+
+- Two-valued logic. Each condition is compiled together with whether it can
+  be NULL. Where NULL and false mean the same (a WHERE clause, CASE WHEN,
+  under AND/OR, which are monotone), a nullable condition is left as it is so
+  the planner sees plain, indexable comparisons; where they differ (under NOT,
+  as an output column) it becomes ``(...) IS TRUE``. So no SQL NULL ever
+  reaches a result.
+- Text: missing is NULL or ``''`` (``NULLIF`` where ``''`` could change the
+  answer); ``=``/ordering use ``COLLATE "C"`` (code points); ``contains`` &
+  co. fold both sides with ``nudgel_fold`` and use ``strpos``/``left``/
+  ``right``, never LIKE.
+- Custom fields and event properties are read from jsonb so that no stored
+  value can raise: every cast sits behind ``CASE WHEN jsonb_typeof(...)``.
+- Time: timestamps are ``timestamptz`` throughout; dates become their
+  midnight UTC at read time; shifts add a pure time interval (no day part), so
+  nothing depends on the session TimeZone.
+- Numbers: ``numeric`` throughout; ``avg`` is rounded by integer division.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from nudgel.dsl import ast
+from nudgel.dsl.ast import Type
+from nudgel.dsl.checker import CheckedRules
+from nudgel.dsl.diagnostics import InternalError
+from nudgel.dsl.textfold import POSTGRES_FOLD_FROM, POSTGRES_FOLD_TO, fold
+from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND
+from sqlglot import exp
+
+__all__ = ["CompiledQuery", "SqlCompiler", "pg_timestamptz_text"]
+
+NodeKey = tuple[str, str]
+
+# Output column kinds of ``CompiledQuery.columns``.
+ID = ("id", "")
+STAGE = ("stage", "")
+
+_SQL_TYPES: dict[str, exp.DataType] = {
+    name: exp.DataType.build(name, dialect="postgres")
+    for name in (
+        "text",
+        "numeric",
+        "bigint",
+        "integer",
+        "boolean",
+        "jsonb",
+        "timestamptz",
+        "timestamp",
+    )
+}
+_SQL_TYPES["float8"] = exp.DataType.build("double precision", dialect="postgres")
+
+_AVG_SCALE = 10**12
+
+# ---- run-time parameters ---------------------------------------------------------
+
+
+def pg_timestamptz_text(micros: int) -> str:
+    """An instant as PostgreSQL ``timestamptz`` input that no session setting
+    can reinterpret: ISO order with an explicit ``+00`` offset, any year
+    PostgreSQL supports (``BC`` for year 0 and before)."""
+    days, rest = divmod(micros, MICROS_PER_DAY)
+    year, month, day = _civil_from_days(days)
+    seconds, fraction = divmod(rest, MICROS_PER_SECOND)
+    clock = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{fraction:06d}"
+    if year >= 1:
+        return f"{year:04d}-{month:02d}-{day:02d} {clock}+00"
+    return f"{1 - year:04d}-{month:02d}-{day:02d} {clock}+00 BC"
+
+
+_EPOCH_DAY = date(1970, 1, 1)
+_CYCLE_DAYS = 146_097  # the Gregorian calendar repeats every 400 years
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    # datetime.date covers years 1..9999 only; shift by whole 400-year cycles
+    # into its range and back (time offsets reach a few centuries past it).
+    low = (date.min - _EPOCH_DAY).days
+    high = (date.max - _EPOCH_DAY).days
+    years = 0
+    while days < low:
+        days += _CYCLE_DAYS
+        years -= 400
+    while days > high:
+        days -= _CYCLE_DAYS
+        years += 400
+    civil = _EPOCH_DAY + timedelta(days=days)
+    return civil.year + years, civil.month, civil.day
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """SQL text with psycopg named placeholders, and its parameters.
+
+    ``params`` holds everything known at compile time; ``bind`` adds ``now``
+    (and the instants derived from it, ``now - 30d`` ...), the workspace and,
+    for single-contact queries, the contact. ``columns`` says what each output
+    column is: ``("id", "")``, ``("segment", name)``, ``("score", name)`` or
+    ``("stage", "")``.
+    """
+
+    sql: str
+    params: Mapping[str, Any]
+    columns: tuple[tuple[str, str], ...] = ()
+    # derived parameter name -> offset from ``now`` in microseconds
+    now_offsets: Mapping[str, int] = field(default_factory=dict)
+
+    def bind(self, *, now: int, workspace_id: int, contact_pk: int | None = None) -> dict[str, Any]:
+        """All parameters for one run; ``now`` in microseconds since the epoch."""
+        bound = dict(self.params)
+        bound["now"] = pg_timestamptz_text(now)
+        for name, offset in self.now_offsets.items():
+            bound[name] = pg_timestamptz_text(now + offset)
+        bound["workspace_id"] = workspace_id
+        if "%(contact_pk)s" in self.sql:
+            if contact_pk is None:
+                raise ValueError("this query tests one contact: pass contact_pk")
+            bound["contact_pk"] = contact_pk
+        return bound
+
+
+class _Params:
+    """Bound parameters: compile-time constants deduplicated by type and value,
+    and the run-time ones."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.now_offsets: dict[str, int] = {}
+        self._names: dict[tuple[str, str, str], str] = {}
+
+    def constant(self, value: Any, sql_type: str) -> exp.Expr:
+        key = (sql_type, type(value).__name__, str(value))
+        name = self._names.get(key)
+        if name is None:
+            name = f"p{len(self._names) + 1}"
+            self._names[key] = name
+            self.values[name] = value
+        return _cast(_placeholder(name), sql_type)
+
+    def runtime(self, name: str, sql_type: str) -> exp.Expr:
+        return _cast(_placeholder(name), sql_type)
+
+    def now(self, offset_micros: int = 0) -> exp.Expr:
+        if offset_micros == 0:
+            return self.runtime("now", "timestamptz")
+        seconds, rest = divmod(abs(offset_micros), MICROS_PER_SECOND)
+        name = ("now_plus_" if offset_micros > 0 else "now_minus_") + str(seconds)
+        if rest:
+            name += f"_{rest:06d}"
+        self.now_offsets[name] = offset_micros
+        return self.runtime(name, "timestamptz")
+
+
+# ---- sqlglot helpers ----------------------------------------------------------------
+
+# Binding strength of PostgreSQL's operators, loosest first. sqlglot prints
+# trees as built, without regard to precedence, so operands are parenthesised
+# here when they bind no tighter than their operator.
+_LEVELS: tuple[tuple[tuple[type[exp.Expr], ...], int], ...] = (
+    ((exp.Or,), 0),
+    ((exp.And,), 1),
+    ((exp.Not,), 2),
+    ((exp.Is,), 3),
+    ((exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE), 4),
+    ((exp.In,), 5),
+    ((exp.JSONExtract, exp.JSONExtractScalar, exp.RegexpLike, exp.ArrayContainsAll), 6),
+    ((exp.Add, exp.Sub), 7),
+    ((exp.Mul, exp.Div), 8),
+    ((exp.Collate, exp.AtTimeZone), 9),
+)
+_ATOMIC_LEVEL = 10
+# Nodes that render as one unit (a name, a call, a parenthesised form).
+_ATOMIC = (
+    exp.Paren,
+    exp.Column,
+    exp.Placeholder,
+    exp.Cast,
+    exp.Subquery,
+    exp.Exists,
+    exp.Case,
+    exp.Anonymous,
+    exp.AggFunc,
+    exp.Coalesce,
+    exp.Nullif,
+    exp.Greatest,
+    exp.Least,
+)
+# Left-associative operators whose left operand may be the same operator.
+_LEFT_CHAINS = (exp.And, exp.Or, exp.Add, exp.Mul, exp.JSONExtract)
+
+
+def _level(expression: exp.Expr) -> int:
+    # Checked before the atomic forms: sqlglot makes AND, OR, -> and ~
+    # functions too.
+    for kinds, level in _LEVELS:
+        if isinstance(expression, kinds):
+            return level
+    if isinstance(expression, _ATOMIC):
+        return _ATOMIC_LEVEL
+    return -1  # unknown: always parenthesised
+
+
+def _wrap(expression: exp.Expr, parent: int = _ATOMIC_LEVEL - 1) -> exp.Expr:
+    """``expression`` as an operand of an operator of strength ``parent``."""
+    return expression if _level(expression) > parent else exp.Paren(this=expression)
+
+
+def _placeholder(name: str) -> exp.Placeholder:
+    return exp.Placeholder(this=exp.to_identifier(name))
+
+
+def _cast(expression: exp.Expr, sql_type: str) -> exp.Cast:
+    return exp.Cast(this=expression, to=_SQL_TYPES[sql_type].copy())
+
+
+def _col(table: str, name: str) -> exp.Column:
+    return exp.column(name, table=table)
+
+
+def _fn(name: str, *args: exp.Expr) -> exp.Anonymous:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _binary(kind: type[exp.Binary], left: exp.Expr, right: exp.Expr) -> exp.Expr:
+    node = kind(this=left, expression=right)
+    level = _level(node)
+    chained = isinstance(left, kind) and issubclass(kind, _LEFT_CHAINS)
+    node.set("this", _wrap(left, level - 1 if chained else level))
+    node.set("expression", _wrap(right, level))
+    return node
+
+
+_COMPARE: dict[str, type[exp.Binary]] = {
+    "=": exp.EQ,
+    "<": exp.LT,
+    "<=": exp.LTE,
+    ">": exp.GT,
+    ">=": exp.GTE,
+}
+
+
+def _and(items: Iterable[exp.Expr]) -> exp.Expr:
+    parts = list(items)
+    result = parts[0]
+    for part in parts[1:]:
+        result = _binary(exp.And, result, part)
+    return result
+
+
+def _or(items: Iterable[exp.Expr]) -> exp.Expr:
+    parts = list(items)
+    result = parts[0]
+    for part in parts[1:]:
+        result = _binary(exp.Or, result, part)
+    return result
+
+
+def _not(expression: exp.Expr) -> exp.Expr:
+    return exp.Not(this=_wrap(expression))
+
+
+def _is_true(expression: exp.Expr) -> exp.Expr:
+    # `x IS TRUE` is the SQL truth test (never NULL), not a constant.
+    return exp.Is(this=_wrap(expression), expression=exp.true())
+
+
+def _is_not_null(expression: exp.Expr) -> exp.Expr:
+    return exp.Not(this=exp.Is(this=_wrap(expression), expression=exp.Null()))
+
+
+def _collate_c(expression: exp.Expr) -> exp.Expr:
+    return exp.Collate(this=_wrap(expression, 9), expression=exp.to_identifier("C", quoted=True))
+
+
+def _case(whens: Iterable[tuple[exp.Expr, exp.Expr]], default: exp.Expr | None = None) -> exp.Case:
+    return exp.Case(ifs=[exp.If(this=c, true=v) for c, v in whens], default=default)
+
+
+def _json_arrow(base: exp.Expr, key: exp.Expr) -> exp.Expr:
+    return _binary(exp.JSONExtract, base, key)
+
+
+def _json_text_arrow(base: exp.Expr, key: exp.Expr) -> exp.Expr:
+    # `a -> k ->> k2` reads left to right.
+    node = exp.JSONExtractScalar(this=base, expression=key)
+    node.set("this", _wrap(base, _level(node) - 1))
+    return node
+
+
+def _subquery(select: exp.Select) -> exp.Subquery:
+    return exp.Subquery(this=select)
+
+
+def render(expression: exp.Expr) -> str:
+    sql = expression.sql(dialect="postgres", pretty=True)
+    # psycopg reads every `%` as the start of a placeholder; the compiler
+    # never writes one otherwise (no LIKE patterns, no modulo).
+    if "%" in sql.replace("%(", ""):
+        raise InternalError("compiled SQL holds a bare `%`")
+    return sql
+
+
+# ---- compiled values and conditions ----------------------------------------------------
+
+
+class Kind(Enum):
+    TEXT = "text"
+    NUMBER = "number"
+    BOOL = "bool"
+    TIME = "time"
+    STAGE = "stage"
+    JSON = "json"
+
+
+_KIND_OF_TYPE = {
+    Type.TEXT: Kind.TEXT,
+    Type.EMAIL: Kind.TEXT,
+    Type.URL: Kind.TEXT,
+    Type.NUMBER: Kind.NUMBER,
+    Type.BOOL: Kind.BOOL,
+    Type.DATE: Kind.TIME,
+    Type.TIMESTAMP: Kind.TIME,
+    Type.STAGE: Kind.STAGE,
+    Type.JSON: Kind.JSON,
+}
+
+_NO_LITERAL = object()
+
+
+@dataclass(frozen=True)
+class Val:
+    """A compiled value.
+
+    ``expr`` is NULL when the value is missing (and for text also ``''`` when
+    ``empty`` says it can be). ``literal`` is the Python value of a literal;
+    ``missing`` marks the literal ``""``. For JSON, ``json_text`` reads the
+    same path with ``->>``. ``source_json`` is set on a typed value read from
+    JSON: equality with a literal is then plain jsonb equality, which is typed
+    and exact. ``costly`` marks values that run a subquery."""
+
+    kind: Kind
+    expr: exp.Expr
+    nullable: bool = True
+    empty: bool = False
+    literal: Any = _NO_LITERAL
+    missing: bool = False
+    json_text: exp.Expr | None = None
+    source_json: exp.Expr | None = None
+    costly: bool = False
+
+    @property
+    def is_literal(self) -> bool:
+        return self.literal is not _NO_LITERAL
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A compiled condition; ``nullable`` when it can be NULL (meaning false)."""
+
+    expr: exp.Expr
+    nullable: bool
+
+
+# ---- the visitor ------------------------------------------------------------------------
+
+
+class _Visitor:
+    def __init__(self, rules: CheckedRules, params: _Params) -> None:
+        self.rules = rules
+        self.p = params
+        # Nodes whose value a query has already computed into a column
+        # (``everything``): references read the column instead of inlining.
+        self.bound: dict[NodeKey, exp.Expr] = {}
+        self._event: str | None = None  # alias of the event row inside where (...)
+
+    # ---- dispatch ---------------------------------------------------------------
+
+    def visit(self, node: ast.Node) -> Any:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise InternalError(f"the SQL backend has no rule for {type(node).__name__}")
+        return method(node)
+
+    def cond(self, node: ast.Expr) -> Cond:
+        result = self.visit(node)
+        if not isinstance(result, Cond):
+            raise InternalError(f"{type(node).__name__} is not a condition")
+        return result
+
+    def value(self, node: ast.Value) -> Val:
+        result = self.visit(node)
+        if not isinstance(result, Val):
+            raise InternalError(f"{type(node).__name__} is not a value")
+        return result
+
+    def strict(self, cond: Cond) -> exp.Expr:
+        """The condition as a never-NULL boolean."""
+        return _is_true(cond.expr) if cond.nullable else cond.expr
+
+    # ---- constants ----------------------------------------------------------------
+
+    def text(self, value: str) -> exp.Expr:
+        return self.p.constant(value, "text")
+
+    def number(self, value: Decimal | int) -> exp.Expr:
+        return self.p.constant(Decimal(value), "numeric")
+
+    def integer(self, value: int) -> exp.Expr:
+        return self.p.constant(value, "bigint")
+
+    def boolean(self, value: bool) -> exp.Expr:
+        return self.p.constant(value, "boolean")
+
+    def jsonb(self, value: Any) -> exp.Expr:
+        return self.p.constant(json_text(value), "jsonb")
+
+    def false(self) -> Cond:
+        return Cond(self.boolean(False), nullable=False)
+
+    def json_type(self, name: str) -> exp.Expr:
+        return self.text(name)
+
+    def fold(self, expression: exp.Expr) -> exp.Expr:
+        return _fn(
+            "nudgel_fold", expression, self.text(POSTGRES_FOLD_FROM), self.text(POSTGRES_FOLD_TO)
+        )
+
+    def nullif_empty(self, value: Val) -> exp.Expr:
+        return exp.Nullif(this=value.expr, expression=self.text("")) if value.empty else value.expr
+
+    def typeof_is(self, json: exp.Expr, name: str) -> exp.Expr:
+        return _binary(exp.EQ, _fn("jsonb_typeof", json), self.json_type(name))
+
+    # ---- conditions ------------------------------------------------------------------
+
+    def visit_OrExpr(self, node: ast.OrExpr) -> Cond:
+        items = [self.cond(x) for x in node.items]
+        return Cond(_or(c.expr for c in items), any(c.nullable for c in items))
+
+    def visit_AndExpr(self, node: ast.AndExpr) -> Cond:
+        items = [self.cond(x) for x in node.items]
+        return Cond(_and(c.expr for c in items), any(c.nullable for c in items))
+
+    def visit_NotOp(self, node: ast.NotOp) -> Cond:
+        return self.negate(self.cond(node.operand))
+
+    def negate(self, cond: Cond) -> Cond:
+        return Cond(_not(self.strict(cond)), nullable=False)
+
+    def visit_Truthy(self, node: ast.Truthy) -> Cond:
+        value = self.value(node.value)
+        if value.is_literal:
+            return Cond(self.boolean(value.literal is True), nullable=False)
+        if value.kind is Kind.JSON:
+            return Cond(_binary(exp.EQ, value.expr, self.jsonb(True)), nullable=True)
+        if value.kind is Kind.BOOL:
+            if value.source_json is not None:
+                return Cond(_binary(exp.EQ, value.source_json, self.jsonb(True)), nullable=True)
+            return Cond(_is_true(value.expr), nullable=False)
+        raise InternalError(f"{value.kind} used as a condition")
+
+    def visit_TagTest(self, node: ast.TagTest) -> Cond:
+        select = (
+            exp.select()
+            .from_(exp.table_("contact_tags", alias="t"))
+            .where(
+                _and(
+                    [
+                        _binary(exp.EQ, _col("t", "contact_pk"), _col("c", "pk")),
+                        _binary(exp.EQ, _col("t", "tag"), self.text(node.tag)),
+                    ]
+                )
+            )
+        )
+        return Cond(exp.Exists(this=select), nullable=False)
+
+    def visit_SubscribedTest(self, node: ast.SubscribedTest) -> Cond:
+        select = (
+            exp.select()
+            .from_(exp.table_("subscriptions", alias="s"))
+            .where(
+                _and(
+                    [
+                        _binary(exp.EQ, _col("s", "contact_pk"), _col("c", "pk")),
+                        _binary(exp.EQ, _col("s", "list"), self.text(node.list)),
+                        _binary(exp.EQ, _col("s", "status"), self.text("subscribed")),
+                    ]
+                )
+            )
+        )
+        return Cond(exp.Exists(this=select), nullable=False)
+
+    def visit_SegmentTest(self, node: ast.SegmentTest) -> Cond:
+        column = self.bound.get(("segment", node.segment))
+        if column is not None:
+            return Cond(column.copy(), nullable=False)
+        return self.cond(self.rules.segments[node.segment].body)
+
+    def visit_EventTest(self, node: ast.EventTest) -> Cond:
+        select = (
+            exp.select()
+            .from_(exp.table_("events", alias="e"))
+            .where(self.visit_EventSpec(node.event))
+        )
+        return Cond(exp.Exists(this=select), nullable=False)
+
+    def visit_Compare(self, node: ast.Compare) -> Cond:
+        left, right = self.value(node.left), self.value(node.right)
+        if node.op == "!=":
+            return self.negate(self.compare("=", left, right))
+        return self.compare(node.op, left, right)
+
+    def visit_InList(self, node: ast.InList) -> Cond:
+        test = self.in_list(self.value(node.value), [self.value(x) for x in node.items.items])
+        return self.negate(test) if node.negated else test
+
+    def visit_Between(self, node: ast.Between) -> Cond:
+        value = self.value(node.value)
+        low, high = self.value(node.low), self.value(node.high)
+
+        def inclusive(v: Val) -> Cond:
+            above, below = self.compare(">=", v, low), self.compare("<=", v, high)
+            return Cond(_and([above.expr, below.expr]), above.nullable or below.nullable)
+
+        test = self.once(value, inclusive)
+        return self.negate(test) if node.negated else test
+
+    def visit_TextMatch(self, node: ast.TextMatch) -> Cond:
+        subject = self.as_kind(self.value(node.value), Kind.TEXT)
+        pattern = self.as_kind(self.value(node.pattern), Kind.TEXT)
+        test = self.text_match(node.op, subject, pattern)
+        return self.negate(test) if node.negated else test
+
+    def visit_Matches(self, node: ast.Matches) -> Cond:
+        if node.regex is None:
+            raise InternalError("matches without a compiled regex")
+        subject = self.as_kind(self.value(node.value), Kind.TEXT)
+        if subject.missing:
+            test = self.false()
+        else:
+            # '' is missing but a pattern such as `^$` would match it.
+            text = self.nullif_empty(subject)
+            if node.regex.ignore_case:
+                text = self.fold(text)
+            test = Cond(
+                exp.RegexpLike(this=_collate_c(text), expression=self.text(node.regex.postgres)),
+                nullable=subject.nullable or subject.empty,
+            )
+        return self.negate(test) if node.negated else test
+
+    def visit_Has(self, node: ast.Has) -> Cond:
+        test = self.has(self.value(node.value), self.value(node.element))
+        return self.negate(test) if node.negated else test
+
+    def visit_IsSet(self, node: ast.IsSet) -> Cond:
+        value = self.value(node.value)
+        if value.is_literal:
+            test = Cond(self.boolean(not value.missing), nullable=False)
+        elif value.kind is Kind.JSON:
+            missing = exp.In(
+                this=_wrap(value.expr, 5), expressions=[self.jsonb(None), self.jsonb("")]
+            )
+            test = Cond(_and([_is_not_null(value.expr), _not(missing)]), nullable=False)
+        elif not value.nullable and not value.empty:
+            test = Cond(self.boolean(True), nullable=False)
+        else:
+            test = Cond(_is_not_null(self.nullif_empty(value)), nullable=False)
+        return self.negate(test) if node.negated else test
+
+    # ---- comparisons ------------------------------------------------------------------
+
+    def compare(self, op: str, a: Val, b: Val) -> Cond:
+        """``a op b`` for op in = < <= > >=: false when either side is missing."""
+        if a.missing or b.missing:
+            return self.false()
+        if a.kind is Kind.JSON and b.kind is Kind.JSON:
+            return self.json_compare(op, a, b)
+        if op == "=":
+            for value, literal in ((a, b), (b, a)):
+                fast = self.json_equals_literal(value, literal)
+                if fast is not None:
+                    return fast
+        if a.kind is Kind.JSON:
+            a = self.as_kind(a, b.kind)
+        if b.kind is Kind.JSON:
+            b = self.as_kind(b, a.kind)
+        if a.kind is not b.kind:
+            raise InternalError(f"compare {a.kind} with {b.kind}")
+        left, right = a.expr, b.expr
+        if a.kind is Kind.TEXT:
+            if op == "=":
+                # One NULLIF is enough for equality: '' then equals nothing.
+                if not (b.is_literal or a.is_literal):
+                    left = self.nullif_empty(a)
+            else:
+                left = a.expr if a.is_literal else self.nullif_empty(a)
+                right = b.expr if b.is_literal else self.nullif_empty(b)
+            left, right = _collate_c(left), _collate_c(right)
+        return Cond(
+            _binary(_COMPARE[op], left, right), a.nullable or b.nullable or a.empty or b.empty
+        )
+
+    def json_equals_literal(self, value: Val, literal: Val) -> Cond | None:
+        """JSON (or a typed value read from JSON) ``=`` a text, number or bool
+        literal, as jsonb equality: typed, exact (strings byte for byte,
+        numbers by value) and one lookup."""
+        json = value.expr if value.kind is Kind.JSON else value.source_json
+        if json is None or not literal.is_literal:
+            return None
+        if literal.kind not in (Kind.TEXT, Kind.NUMBER, Kind.BOOL):
+            return None
+        return Cond(_binary(exp.EQ, json, self.jsonb(literal.literal)), nullable=True)
+
+    def json_compare(self, op: str, a: Val, b: Val) -> Cond:
+        """JSON with JSON: only two scalars of the same JSON type compare;
+        booleans have no order; missing (null, absent, "") compares false."""
+        type_a, type_b = _fn("jsonb_typeof", a.expr), _fn("jsonb_typeof", b.expr)
+        if op == "=":
+            scalar = exp.In(
+                this=type_a.copy(),
+                expressions=[
+                    self.json_type("string"),
+                    self.json_type("number"),
+                    self.json_type("boolean"),
+                ],
+            )
+            return Cond(
+                _and(
+                    [
+                        _binary(exp.EQ, type_a, type_b),
+                        scalar,
+                        _binary(exp.NEQ, a.expr, self.jsonb("")),
+                        _binary(exp.EQ, a.expr, b.expr),
+                    ]
+                ),
+                nullable=True,
+            )
+        texts = self.compare(op, self.as_kind(a, Kind.TEXT), self.as_kind(b, Kind.TEXT))
+        numbers = self.compare(op, self.as_kind(a, Kind.NUMBER), self.as_kind(b, Kind.NUMBER))
+        # as_kind already yields NULL for other JSON types, so the two
+        # comparisons never both apply; OR keeps it NULL-as-false.
+        return Cond(_or([texts.expr, numbers.expr]), nullable=True)
+
+    def in_list(self, value: Val, items: list[Val]) -> Cond:
+        present = [x for x in items if not x.missing]
+        if not present:
+            return self.false()
+        kind = present[0].kind
+        json = value.expr if value.kind is Kind.JSON else value.source_json
+        if json is not None and kind in (Kind.TEXT, Kind.NUMBER, Kind.BOOL):
+            return Cond(
+                exp.In(this=_wrap(json, 5), expressions=[self.jsonb(x.literal) for x in present]),
+                nullable=True,
+            )
+        value = self.as_kind(value, kind)
+        subject = value.expr
+        if kind is Kind.TEXT:
+            subject = _collate_c(subject)
+        return Cond(
+            exp.In(this=_wrap(subject, 5), expressions=[x.expr for x in present]),
+            nullable=value.nullable,
+        )
+
+    def text_match(self, op: str, subject: Val, pattern: Val) -> Cond:
+        if subject.missing or pattern.missing:
+            return self.false()
+        if pattern.is_literal:
+            folded = fold(pattern.literal)
+            if folded == "":
+                return self.false()
+            needle = self.text(folded)
+            length = self.p.constant(len(folded), "integer")
+        else:
+            # '' is a missing pattern (it would be found in everything).
+            needle = self.fold(self.nullif_empty(pattern))
+            length = _fn("char_length", needle)
+        haystack = self.fold(subject.expr)
+        if op == "contains":
+            test = _binary(exp.GT, _fn("strpos", haystack, needle), self.p.constant(0, "integer"))
+        elif op == "starts_with":
+            test = _binary(exp.EQ, _fn("left", haystack, length), needle.copy())
+        elif op == "ends_with":
+            test = _binary(exp.EQ, _fn("right", haystack, length), needle.copy())
+        else:
+            raise InternalError(f"unknown text match {op}")
+        return Cond(test, nullable=subject.nullable or pattern.nullable or not pattern.is_literal)
+
+    def has(self, value: Val, element: Val) -> Cond:
+        if value.kind is not Kind.JSON:
+            raise InternalError("has on a value that is not JSON")
+        if element.missing:
+            return self.false()
+        guards = [self.typeof_is(value.expr, "array")]
+        if element.is_literal:
+            wanted = self.jsonb([element.literal])
+        else:
+            if element.kind is Kind.JSON:
+                guards.append(
+                    exp.In(
+                        this=_fn("jsonb_typeof", element.expr),
+                        expressions=[
+                            self.json_type("string"),
+                            self.json_type("number"),
+                            self.json_type("boolean"),
+                        ],
+                    )
+                )
+                guards.append(_binary(exp.NEQ, element.expr, self.jsonb("")))
+                item = element.expr
+            else:
+                item = self.nullif_empty(element)
+                # An element that is missing must not match a JSON null.
+                guards.append(_is_not_null(item))
+            wanted = _fn("jsonb_build_array", item)
+        # Containment of a one-element array of a scalar: an array element
+        # equal to it (strings byte for byte, numbers by value).
+        guards.append(_binary(exp.ArrayContainsAll, value.expr, wanted))
+        return Cond(_and(guards), nullable=True)
+
+    def once(self, value: Val, build: Any) -> Cond:
+        """``build(value)`` where the value is computed once: PostgreSQL copies
+        an expression used twice (BETWEEN too), and a subquery would run twice."""
+        if not value.costly:
+            result: Cond = build(value)
+            return result
+        column = _col("b", "v")
+        inner = Val(value.kind, column, nullable=value.nullable, empty=value.empty)
+        body: Cond = build(inner)
+        fenced = (
+            exp.select(exp.alias_(value.expr, "v"))
+            # OFFSET keeps the planner from pulling the subquery up (and so
+            # from copying the expression back into each use).
+            .offset(self.p.constant(0, "bigint"))
+        )
+        select = exp.select(body.expr).from_(exp.alias_(_subquery(fenced), "b"))
+        return Cond(_subquery(select), nullable=body.nullable)
+
+    # ---- JSON to typed values ----------------------------------------------------------
+
+    def as_kind(self, value: Val, kind: Kind) -> Val:
+        """A JSON value read as ``kind``: only that JSON type counts, anything
+        else is missing (no coercion, §5)."""
+        if value.kind is not Kind.JSON or kind is Kind.JSON:
+            return value
+        json = value.expr
+        if kind is Kind.TEXT:
+            if value.json_text is None:
+                raise InternalError("a JSON value without its ->> form")
+            read = _case([(self.typeof_is(json, "string"), value.json_text)])
+            return Val(Kind.TEXT, read, empty=True, source_json=json)
+        if kind is Kind.NUMBER:
+            read = _case([(self.typeof_is(json, "number"), _cast(json, "numeric"))])
+            return Val(Kind.NUMBER, read, source_json=json)
+        if kind is Kind.BOOL:
+            read = _case([(self.typeof_is(json, "boolean"), _cast(json, "boolean"))])
+            return Val(Kind.BOOL, read, source_json=json)
+        raise InternalError(f"JSON cannot be read as {kind}")
+
+    def json_path(self, base: exp.Expr, keys: tuple[str, ...]) -> Val:
+        parent = base
+        for key in keys[:-1]:
+            parent = _json_arrow(parent, self.text(key))
+        last = self.text(keys[-1])
+        return Val(
+            Kind.JSON,
+            _json_arrow(parent, last),
+            json_text=_json_text_arrow(parent.copy(), last.copy()),
+        )
+
+    # ---- values --------------------------------------------------------------------------
+
+    def visit_Attribute(self, node: ast.Attribute) -> Val:
+        name = node.name
+        if name == "at":
+            if self._event is None:
+                raise InternalError("`at` outside an event filter")
+            return Val(Kind.TIME, _col(self._event, "at"), nullable=False)
+        if name == "stage":
+            column = self.bound.get(("lifecycle", ""))
+            if column is not None:
+                return Val(Kind.STAGE, column.copy())
+            return Val(Kind.STAGE, self.stage_rank(), costly=True)
+        if name in ("created_at", "updated_at"):
+            return Val(Kind.TIME, _col("c", name))
+        if name in ("id", "name", "phone", "whatsapp_id", "email"):
+            return Val(Kind.TEXT, _col("c", name), nullable=name != "id", empty=True)
+        raise InternalError(f"unknown attribute {name}")
+
+    def visit_FieldRef(self, node: ast.FieldRef) -> Val:
+        json = self.json_path(_col("c", "fields"), (node.name, *node.path))
+        if node.path:
+            return json
+        declared = self.rules.field_type(node.name)
+        if declared is Type.JSON:
+            return json
+        if declared.is_text_like:
+            return self.as_kind(json, Kind.TEXT)
+        if declared is Type.NUMBER:
+            return self.as_kind(json, Kind.NUMBER)
+        if declared is Type.BOOL:
+            return self.as_kind(json, Kind.BOOL)
+        assert json.json_text is not None
+        # The helpers return NULL for anything but the exact accepted forms
+        # (a number or an object never looks like a date), so no type guard.
+        if declared is Type.DATE:
+            day = _fn("nudgel_try_date", json.json_text)
+            # Midnight UTC, computed without the session TimeZone.
+            midnight = exp.AtTimeZone(this=_cast(day, "timestamp"), zone=self.text("UTC"))
+            return Val(Kind.TIME, exp.Paren(this=midnight))
+        if declared is Type.TIMESTAMP:
+            return Val(Kind.TIME, _fn("nudgel_try_timestamptz", json.json_text))
+        raise InternalError(f"unknown field type {declared}")
+
+    def visit_PropsRef(self, node: ast.PropsRef) -> Val:
+        if self._event is None:
+            raise InternalError("`props` outside an event filter")
+        return self.json_path(_col(self._event, "props"), node.path)
+
+    def visit_ScoreRef(self, node: ast.ScoreRef) -> Val:
+        column = self.bound.get(("score", node.name))
+        if column is not None:
+            return Val(Kind.NUMBER, column.copy(), nullable=False)
+        return Val(Kind.NUMBER, self.score(node.name), nullable=False, costly=True)
+
+    def visit_Now(self, node: ast.Now) -> Val:
+        return Val(Kind.TIME, self.p.now(), nullable=False)
+
+    def visit_TimeShift(self, node: ast.TimeShift) -> Val:
+        offset = 0
+        base: ast.Value = node
+        while isinstance(base, ast.TimeShift):
+            offset += base.offset_seconds
+            base = base.value
+        micros = offset * MICROS_PER_SECOND
+        # Shifts of `now` and of literals are folded into one instant.
+        if isinstance(base, ast.Now):
+            return Val(Kind.TIME, self.p.now(micros), nullable=False)
+        if isinstance(base, ast.TimeLiteral):
+            return self.instant(base.micros + micros)
+        value = self.value(base)
+        # A pure time interval (no day part): adding it never depends on the
+        # session TimeZone. Offsets are whole seconds below 2^53 microseconds,
+        # exact in make_interval's double precision argument.
+        interval = _fn(
+            "make_interval",
+            exp.Kwarg(this=exp.var("secs"), expression=self.p.constant(offset, "float8")),
+        )
+        return Val(Kind.TIME, _binary(exp.Add, value.expr, interval), nullable=value.nullable)
+
+    def instant(self, micros: int) -> Val:
+        literal = self.p.constant(pg_timestamptz_text(micros), "timestamptz")
+        return Val(Kind.TIME, literal, nullable=False, literal=micros)
+
+    def visit_CountAgg(self, node: ast.CountAgg) -> Val:
+        select = exp.select(exp.Count(this=exp.Star())).from_(exp.table_("events", alias="e"))
+        select = select.where(self.visit_EventSpec(node.event))
+        return Val(Kind.NUMBER, _subquery(select), nullable=False, costly=True)
+
+    def visit_ValueAgg(self, node: ast.ValueAgg) -> Val:
+        saved, self._event = self._event, "e"
+        try:
+            prop = self.as_kind(self.visit_PropsRef(node.prop), Kind.NUMBER).expr
+        finally:
+            self._event = saved
+        zero = self.number(0)
+        nullable = True
+        result: exp.Expr
+        if node.fn == "sum":
+            result = exp.Coalesce(this=exp.Sum(this=prop), expressions=[zero])
+            nullable = False
+        elif node.fn == "min":
+            result = exp.Min(this=prop)
+        elif node.fn == "max":
+            result = exp.Max(this=prop)
+        elif node.fn == "avg":
+            result = self.average(prop)
+        else:
+            raise InternalError(f"unknown aggregate {node.fn}")
+        select = exp.select(result).from_(exp.table_("events", alias="e"))
+        select = select.where(self.visit_EventSpec(node.event))
+        return Val(Kind.NUMBER, _subquery(select), nullable=nullable, costly=True)
+
+    def average(self, prop: exp.Expr) -> exp.Expr:
+        """sum / count rounded half away from zero to 12 places, by exact
+        integer division: sign(s) * div(|s| * 2e12 + n, 2n) * 1e-12. Numeric
+        division's own result scale would round (or truncate) on its own."""
+        total = exp.Sum(this=prop)
+        # NULL over no numeric value, and never a division by zero.
+        count = exp.Nullif(this=exp.Count(this=prop.copy()), expression=self.integer(0))
+        twice = self.number(2)
+        numerator = _binary(
+            exp.Add,
+            _binary(exp.Mul, _fn("abs", total), self.number(2 * _AVG_SCALE)),
+            count,
+        )
+        quotient = _fn("div", numerator, _binary(exp.Mul, twice, count.copy()))
+        scaled = _binary(exp.Mul, quotient, self.number(Decimal(1).scaleb(-12)))
+        return _binary(exp.Mul, _fn("sign", total.copy()), scaled)
+
+    def visit_TimeAgg(self, node: ast.TimeAgg) -> Val:
+        at = _col("e", "at")
+        result = exp.Min(this=at) if node.fn == "first" else exp.Max(this=at)
+        select = exp.select(result).from_(exp.table_("events", alias="e"))
+        select = select.where(self.visit_EventSpec(node.event))
+        return Val(Kind.TIME, _subquery(select), costly=True)
+
+    def visit_TextLiteral(self, node: ast.TextLiteral) -> Val:
+        if node.value == "":
+            return Val(Kind.TEXT, self.text(""), literal="", missing=True)
+        return Val(Kind.TEXT, self.text(node.value), nullable=False, literal=node.value)
+
+    def visit_NumberLiteral(self, node: ast.NumberLiteral) -> Val:
+        return Val(Kind.NUMBER, self.number(node.value), nullable=False, literal=node.value)
+
+    def visit_BoolLiteral(self, node: ast.BoolLiteral) -> Val:
+        return Val(Kind.BOOL, self.boolean(node.value), nullable=False, literal=node.value)
+
+    def visit_TimeLiteral(self, node: ast.TimeLiteral) -> Val:
+        return self.instant(node.micros)
+
+    def visit_StageLiteral(self, node: ast.StageLiteral) -> Val:
+        return Val(Kind.STAGE, self.integer(node.rank), nullable=False, literal=node.rank)
+
+    def visit_ListLiteral(self, node: ast.ListLiteral) -> Val:
+        raise InternalError("a list is only valid after `in`")
+
+    # ---- events -------------------------------------------------------------------------
+
+    def visit_EventSpec(self, spec: ast.EventSpec) -> exp.Expr:
+        """The WHERE of a subquery over ``events e`` for one contact, in index
+        order (contact_pk, name, at): equality first, then the time range."""
+        parts = [_binary(exp.EQ, _col("e", "contact_pk"), _col("c", "pk"))]
+        if spec.name is not None:
+            parts.append(_binary(exp.EQ, _col("e", "name"), self.text(spec.name)))
+        if spec.within is not None:
+            after = self.p.now(-spec.within.seconds * MICROS_PER_SECOND)
+            parts.append(_binary(exp.GT, _col("e", "at"), after))
+        # Events after `now` never count.
+        parts.append(_binary(exp.LTE, _col("e", "at"), self.p.now()))
+        if spec.where is not None:
+            saved, self._event = self._event, "e"
+            try:
+                # Inside WHERE, NULL means false: no IS TRUE needed.
+                parts.append(self.cond(spec.where).expr)
+            finally:
+                self._event = saved
+        return _and(parts)
+
+    # ---- declarations -----------------------------------------------------------------------
+
+    def segment(self, name: str) -> Cond:
+        return self.cond(self.rules.segments[name].body)
+
+    def score(self, name: str) -> exp.Expr:
+        """The exact sum of the contributions, then the clamp (§9)."""
+        decl = self.rules.scores[name]
+        terms: list[exp.Expr] = []
+        for rule in decl.rules:
+            if rule.points == 0:
+                continue
+            points = self.number(rule.points)
+            if isinstance(rule, ast.ScorePer):
+                count = self.visit_CountAgg(ast.CountAgg(rule.event, span=rule.span)).expr
+                term = _binary(exp.Mul, points, count)
+                if rule.cap is not None:
+                    # count >= 0, so the product has the sign of the points.
+                    if rule.points > 0:
+                        term = exp.Least(this=term, expressions=[self.number(rule.cap)])
+                    else:
+                        term = exp.Greatest(this=term, expressions=[self.number(-rule.cap)])
+                terms.append(term)
+            else:
+                condition = self.cond(rule.condition).expr
+                terms.append(_case([(condition, points)], self.number(0)))
+        total = terms[0] if terms else self.number(0)
+        for term in terms[1:]:
+            total = _binary(exp.Add, total, term)
+        if decl.clamp is not None:
+            total = exp.Greatest(this=total, expressions=[self.number(decl.clamp.low)])
+            total = exp.Least(this=total, expressions=[self.number(decl.clamp.high)])
+        return total
+
+    def prior_rank(self) -> exp.Expr:
+        names = self.rules.stage_names
+        return exp.Case(
+            this=_col("c", "stage"),
+            ifs=[exp.If(this=self.text(n), true=self.integer(i)) for i, n in enumerate(names)],
+        )
+
+    def stage_rank(self) -> exp.Expr:
+        """The latest stage whose condition holds, never earlier than the prior
+        stage (§10), checked from the latest stage down: once the prior stage
+        is at least the current level, no earlier condition can matter."""
+        lifecycle = self.rules.lifecycle
+        if lifecycle is None:
+            raise InternalError("stage without a lifecycle")
+        whens: list[tuple[exp.Expr, exp.Expr]] = []
+        for rank in reversed(range(len(lifecycle.stages))):
+            whens.append(
+                (_binary(exp.GTE, self.prior_rank(), self.integer(rank)), self.prior_rank())
+            )
+            whens.append((self.cond(lifecycle.stages[rank].condition).expr, self.integer(rank)))
+        return _case(whens)
+
+    def stage_name(self, rank: exp.Expr) -> exp.Expr:
+        names = self.rules.stage_names
+        return exp.Case(
+            this=_wrap(rank),
+            ifs=[exp.If(this=self.integer(i), true=self.text(n)) for i, n in enumerate(names)],
+        )
+
+
+def json_text(value: Any) -> str:
+    """JSON text for a value of the language: numbers exactly as written by
+    Decimal (never through a float)."""
+    if value is None or isinstance(value, (bool, str)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a JSON number")
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(json_text(x) for x in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json_text(str(k))}:{json_text(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+# ---- queries -------------------------------------------------------------------------------
+
+
+def _contacts(*outputs: exp.Expr) -> exp.Select:
+    return exp.select(*outputs).from_(exp.table_("contacts", alias="c"))
+
+
+def _in_workspace(params: _Params) -> exp.Expr:
+    return _binary(exp.EQ, _col("c", "workspace_id"), params.runtime("workspace_id", "bigint"))
+
+
+def _conjuncts(expression: exp.Expr) -> Iterator[exp.Expr]:
+    """The operands of a top-level AND chain (as built by ``_and``)."""
+    while isinstance(expression, exp.Paren) and isinstance(expression.this, exp.And):
+        expression = expression.this
+    if isinstance(expression, exp.And):
+        yield from _conjuncts(expression.this)
+        yield from _conjuncts(expression.expression)
+    else:
+        yield expression
+
+
+class SqlCompiler:
+    """Compiles a checked rule set into the queries of the PostgreSQL backend."""
+
+    def __init__(self, rules: CheckedRules) -> None:
+        self.rules = rules
+
+    def _visitor(self) -> tuple[_Visitor, _Params]:
+        params = _Params()
+        return _Visitor(self.rules, params), params
+
+    @staticmethod
+    def _finish(
+        select: exp.Expr, params: _Params, columns: tuple[tuple[str, str], ...] = ()
+    ) -> CompiledQuery:
+        sql = render(select)
+        # Drop constants that a rewrite made unused (a JSON type name replaced
+        # by jsonb equality, say): the parameters list what the SQL reads.
+        used = {name: v for name, v in params.values.items() if f"%({name})s" in sql}
+        offsets = {name: v for name, v in params.now_offsets.items() if f"%({name})s" in sql}
+        return CompiledQuery(sql, used, columns, offsets)
+
+    def _need(self, kind: str, name: str) -> None:
+        table: Mapping[str, Any] = self.rules.segments if kind == "segment" else self.rules.scores
+        if name not in table:
+            raise KeyError(f"no {kind} named {name!r}")
+
+    def segment_members(self, name: str) -> CompiledQuery:
+        """``SELECT c.id`` of every member of the segment in the workspace."""
+        self._need("segment", name)
+        visitor, params = self._visitor()
+        condition = visitor.segment(name)
+        # Top-level conjuncts stay separate quals: PostgreSQL orders them by
+        # cost (subqueries last) and turns a top-level EXISTS into a semi-join.
+        where = _and([_in_workspace(params), *_conjuncts(condition.expr)])
+        select = _contacts(_col("c", "id")).where(where)
+        return self._finish(select, params, (ID,))
+
+    def segment_contains(self, name: str) -> CompiledQuery:
+        """One boolean: whether the contact ``contact_pk`` is a member."""
+        self._need("segment", name)
+        visitor, params = self._visitor()
+        condition = visitor.segment(name)
+        member = _contacts().where(
+            _and(
+                [
+                    _binary(exp.EQ, _col("c", "pk"), params.runtime("contact_pk", "bigint")),
+                    _in_workspace(params),
+                    *_conjuncts(condition.expr),
+                ]
+            )
+        )
+        select = exp.select(exp.alias_(exp.Exists(this=member), "member"))
+        return self._finish(select, params, (("segment", name),))
+
+    def score_values(self, name: str) -> CompiledQuery:
+        """``SELECT c.id, <score>`` for every contact of the workspace."""
+        self._need("score", name)
+        visitor, params = self._visitor()
+        select = _contacts(_col("c", "id"), exp.alias_(visitor.score(name), "score"))
+        return self._finish(select.where(_in_workspace(params)), params, (ID, ("score", name)))
+
+    def stages(self) -> CompiledQuery:
+        """``SELECT c.id, <stage name or NULL>`` for every contact."""
+        if self.rules.lifecycle is None:
+            raise KeyError("the rule set has no lifecycle block")
+        visitor, params = self._visitor()
+        stage = visitor.stage_name(visitor.stage_rank())
+        select = _contacts(_col("c", "id"), exp.alias_(stage, "stage"))
+        return self._finish(select.where(_in_workspace(params)), params, (ID, STAGE))
+
+    def everything(self) -> CompiledQuery:
+        """One row per contact: id, each segment's membership, each score, the
+        stage. Each node another one refers to is computed once per contact
+        in a LATERAL subquery (fenced with OFFSET so it is not inlined back)."""
+        visitor, params = self._visitor()
+        referenced = _referenced_nodes(self.rules)
+        select = _contacts(_col("c", "id"))
+        outputs: dict[NodeKey, exp.Expr] = {}
+        for index, node in enumerate(self.rules.order, start=1):
+            kind, name = node
+            expression: exp.Expr
+            if kind == "segment":
+                expression = visitor.strict(visitor.segment(name))
+            elif kind == "score":
+                expression = visitor.score(name)
+            else:
+                expression = visitor.stage_rank()
+            if node in referenced:
+                alias = f"n{index}"
+                fenced = exp.select(exp.alias_(expression, "v")).offset(
+                    params.constant(0, "bigint")
+                )
+                select = select.join(
+                    exp.Lateral(
+                        this=_subquery(fenced), alias=exp.TableAlias(this=exp.to_identifier(alias))
+                    ),
+                    join_type="CROSS",
+                )
+                expression = _col(alias, "v")
+                visitor.bound[node] = expression
+            outputs[node] = expression
+        columns: list[tuple[str, str]] = [ID]
+        for node in self.rules.order:
+            if node[0] == "segment":
+                select = select.select(exp.alias_(outputs[node].copy(), f"segment_{len(columns)}"))
+                columns.append(node)
+        for node in self.rules.order:
+            if node[0] == "score":
+                select = select.select(exp.alias_(outputs[node].copy(), f"score_{len(columns)}"))
+                columns.append(node)
+        lifecycle = outputs.get(("lifecycle", ""))
+        if lifecycle is not None:
+            select = select.select(exp.alias_(visitor.stage_name(lifecycle.copy()), "stage"))
+            columns.append(STAGE)
+        return self._finish(select.where(_in_workspace(params)), params, tuple(columns))
+
+
+def _referenced_nodes(rules: CheckedRules) -> set[NodeKey]:
+    """Segments, scores and the lifecycle that some other node reads."""
+    found: set[NodeKey] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, ast.SegmentTest):
+            found.add(("segment", node.segment))
+        elif isinstance(node, ast.ScoreRef):
+            found.add(("score", node.name))
+        elif isinstance(node, ast.Attribute) and node.name == "stage":
+            found.add(("lifecycle", ""))
+        if isinstance(node, tuple):
+            for item in node:
+                walk(item)
+        elif isinstance(node, ast.Node):
+            for name in node.__dataclass_fields__:
+                if name not in ("span", "type", "regex"):
+                    walk(getattr(node, name))
+
+    for segment in rules.segments.values():
+        walk(segment.body)
+    for score in rules.scores.values():
+        walk(score.rules)
+    if rules.lifecycle is not None:
+        walk(rules.lifecycle.stages)
+    return found
