@@ -30,8 +30,9 @@ Semantics follow the in-memory backend exactly (spec §4-§10):
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -69,6 +70,26 @@ _SQL_TYPES: dict[str, exp.DataType] = {
 _SQL_TYPES["float8"] = exp.DataType.build("double precision", dialect="postgres")
 
 _AVG_SCALE = 10**12
+# Characters that some other character folds to: a pattern without any of
+# them matches the folded text exactly where it matches the text itself.
+_FOLD_TARGETS = frozenset(POSTGRES_FOLD_TO) | frozenset(string.ascii_lowercase)
+# Scores whose numbers are all whole and small add up in bigint (much faster
+# than numeric): a count is below 2^40 (no table holds more rows), so with
+# the points' magnitudes summing to at most 2^20 no sum can reach 2^63.
+_BIGINT_SCORE_LIMIT = 2**20
+_BIGINT_MAX = 2**63 - 1
+
+
+def integral_score(decl: ast.ScoreDecl) -> bool:
+    """Whether the score can be computed in bigint, exactly and without overflow."""
+    numbers = [r.points for r in decl.rules]
+    numbers += [r.cap for r in decl.rules if isinstance(r, ast.ScorePer) and r.cap is not None]
+    if decl.clamp is not None:
+        numbers += [decl.clamp.low, decl.clamp.high]
+    whole = all(n == n.to_integral_value() for n in numbers)
+    small = all(abs(n) <= _BIGINT_SCORE_LIMIT for n in numbers)
+    return whole and small and sum(abs(r.points) for r in decl.rules) <= _BIGINT_SCORE_LIMIT
+
 
 # ---- run-time parameters ---------------------------------------------------------
 
@@ -365,6 +386,11 @@ class Val:
     json_text: exp.Expr | None = None
     source_json: exp.Expr | None = None
     costly: bool = False
+    # The SQL value is a bigint (a count, a whole-number score), so integral
+    # literals compared with it are bound as bigint too: no numeric casts.
+    integer: bool = False
+    # Text stored case-folded already (email, email fields: spec §4, §12).
+    folded: bool = False
 
     @property
     def is_literal(self) -> bool:
@@ -382,14 +408,40 @@ class Cond:
 # ---- the visitor ------------------------------------------------------------------------
 
 
+class _Hoisted:
+    """Per-contact aggregates of a batch query over one table, computed in a
+    single grouped pass: ``LEFT JOIN (SELECT contact_pk, <aggregates> FROM
+    table WHERE ... GROUP BY contact_pk) AS alias``. Identical aggregates
+    share a column."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.columns: dict[str, tuple[str, exp.Expr]] = {}
+        # What the pass may skip: None in the set means "any row counts".
+        self.keys: set[str | None] = set()
+
+    def column(self, aggregate: exp.Expr) -> exp.Column:
+        text = aggregate.sql(dialect="postgres")
+        if text not in self.columns:
+            self.columns[text] = (f"k{len(self.columns) + 1}", aggregate)
+        return _col(self.alias, self.columns[text][0])
+
+
 class _Visitor:
-    def __init__(self, rules: CheckedRules, params: _Params) -> None:
+    def __init__(self, rules: CheckedRules, params: _Params, *, batch: bool = False) -> None:
         self.rules = rules
         self.p = params
         # Nodes whose value a query has already computed into a column
         # (``everything``): references read the column instead of inlining.
         self.bound: dict[NodeKey, exp.Expr] = {}
         self._event: str | None = None  # alias of the event row inside where (...)
+        # Batch queries (every contact of a workspace) read events, tags and
+        # subscriptions in one grouped pass each; single-contact and segment
+        # queries probe the indexes per contact, after the cheap filters.
+        self.batch = batch
+        self.events = _Hoisted("ev")
+        self.tags = _Hoisted("tg")
+        self.lists = _Hoisted("sb")
 
     # ---- dispatch ---------------------------------------------------------------
 
@@ -478,6 +530,10 @@ class _Visitor:
         raise InternalError(f"{value.kind} used as a condition")
 
     def visit_TagTest(self, node: ast.TagTest) -> Cond:
+        if self.batch:
+            self.tags.keys.add(node.tag)
+            match = _binary(exp.EQ, _col("t", "tag"), self.text(node.tag))
+            return Cond(self.tags.column(exp.LogicalOr(this=match)), nullable=True)
         select = (
             exp.select()
             .from_(exp.table_("contact_tags", alias="t"))
@@ -493,6 +549,10 @@ class _Visitor:
         return Cond(exp.Exists(this=select), nullable=False)
 
     def visit_SubscribedTest(self, node: ast.SubscribedTest) -> Cond:
+        if self.batch:
+            self.lists.keys.add(node.list)
+            match = _binary(exp.EQ, _col("s", "list"), self.text(node.list))
+            return Cond(self.lists.column(exp.LogicalOr(this=match)), nullable=True)
         select = (
             exp.select()
             .from_(exp.table_("subscriptions", alias="s"))
@@ -515,6 +575,9 @@ class _Visitor:
         return self.cond(self.rules.segments[node.segment].body)
 
     def visit_EventTest(self, node: ast.EventTest) -> Cond:
+        if self.batch:
+            count = self.hoisted_event(node.event, exp.Count(this=exp.Star()))
+            return Cond(_binary(exp.GT, count, self.integer(0)), nullable=True)
         select = (
             exp.select()
             .from_(exp.table_("events", alias="e"))
@@ -604,6 +667,7 @@ class _Visitor:
             b = self.as_kind(b, a.kind)
         if a.kind is not b.kind:
             raise InternalError(f"compare {a.kind} with {b.kind}")
+        a, b = self.as_bigint(a, b), self.as_bigint(b, a)
         left, right = a.expr, b.expr
         if a.kind is Kind.TEXT:
             if op == "=":
@@ -617,6 +681,17 @@ class _Visitor:
         return Cond(
             _binary(_COMPARE[op], left, right), a.nullable or b.nullable or a.empty or b.empty
         )
+
+    def as_bigint(self, literal: Val, other: Val) -> Val:
+        """An integral number literal compared with a bigint value, bound as a
+        bigint (numeric would cast the other side on every row)."""
+        if not (other.integer and literal.is_literal and literal.kind is Kind.NUMBER):
+            return literal
+        value = literal.literal
+        if value != value.to_integral_value() or abs(value) > _BIGINT_MAX:
+            return literal
+        bound = self.integer(int(value))
+        return Val(Kind.NUMBER, bound, nullable=False, literal=value, integer=True)
 
     def json_equals_literal(self, value: Val, literal: Val) -> Cond | None:
         """JSON (or a typed value read from JSON) ``=`` a text, number or bool
@@ -692,7 +767,11 @@ class _Visitor:
             # '' is a missing pattern (it would be found in everything).
             needle = self.fold(self.nullif_empty(pattern))
             length = _fn("char_length", needle)
-        haystack = self.fold(subject.expr)
+        # Folding the subject is needed only when it can change the answer:
+        # not for text stored folded, nor for a literal pattern none of whose
+        # characters is the fold of another character ("+254", "@1").
+        stable = pattern.is_literal and not (set(fold(pattern.literal)) & _FOLD_TARGETS)
+        haystack = subject.expr if subject.folded or stable else self.fold(subject.expr)
         if op == "contains":
             test = _binary(exp.GT, _fn("strpos", haystack, needle), self.p.constant(0, "integer"))
         elif op == "starts_with":
@@ -801,7 +880,8 @@ class _Visitor:
         if name in ("created_at", "updated_at"):
             return Val(Kind.TIME, _col("c", name))
         if name in ("id", "name", "phone", "whatsapp_id", "email"):
-            return Val(Kind.TEXT, _col("c", name), nullable=name != "id", empty=True)
+            column = _col("c", name)
+            return Val(Kind.TEXT, column, nullable=name != "id", empty=True, folded=name == "email")
         raise InternalError(f"unknown attribute {name}")
 
     def visit_FieldRef(self, node: ast.FieldRef) -> Val:
@@ -812,7 +892,8 @@ class _Visitor:
         if declared is Type.JSON:
             return json
         if declared.is_text_like:
-            return self.as_kind(json, Kind.TEXT)
+            text = self.as_kind(json, Kind.TEXT)
+            return replace(text, folded=declared is Type.EMAIL)
         if declared is Type.NUMBER:
             return self.as_kind(json, Kind.NUMBER)
         if declared is Type.BOOL:
@@ -837,8 +918,9 @@ class _Visitor:
     def visit_ScoreRef(self, node: ast.ScoreRef) -> Val:
         column = self.bound.get(("score", node.name))
         if column is not None:
-            return Val(Kind.NUMBER, column.copy(), nullable=False)
-        return Val(Kind.NUMBER, self.score(node.name), nullable=False, costly=True)
+            whole = integral_score(self.rules.scores[node.name])
+            return Val(Kind.NUMBER, column.copy(), nullable=False, integer=whole)
+        return self.score(node.name)
 
     def visit_Now(self, node: ast.Now) -> Val:
         return Val(Kind.TIME, self.p.now(), nullable=False)
@@ -870,9 +952,13 @@ class _Visitor:
         return Val(Kind.TIME, literal, nullable=False, literal=micros)
 
     def visit_CountAgg(self, node: ast.CountAgg) -> Val:
-        select = exp.select(exp.Count(this=exp.Star())).from_(exp.table_("events", alias="e"))
-        select = select.where(self.visit_EventSpec(node.event))
-        return Val(Kind.NUMBER, _subquery(select), nullable=False, costly=True)
+        count = exp.Count(this=exp.Star())
+        if self.batch:
+            hoisted = self.hoisted_event(node.event, count)
+            total = exp.Coalesce(this=hoisted, expressions=[self.integer(0)])
+            return Val(Kind.NUMBER, total, nullable=False, integer=True)
+        correlated = self.correlated(node.event, count)
+        return Val(Kind.NUMBER, correlated, nullable=False, costly=True, integer=True)
 
     def visit_ValueAgg(self, node: ast.ValueAgg) -> Val:
         saved, self._event = self._event, "e"
@@ -880,47 +966,45 @@ class _Visitor:
             prop = self.as_kind(self.visit_PropsRef(node.prop), Kind.NUMBER).expr
         finally:
             self._event = saved
-        zero = self.number(0)
-        nullable = True
-        result: exp.Expr
+        aggregate: Any = self.hoisted_event if self.batch else self.correlated
+        if node.fn == "avg":
+            if self.batch:
+                total = self.hoisted_event(node.event, exp.Sum(this=prop))
+                count = self.hoisted_event(node.event, exp.Count(this=prop.copy()))
+                return Val(Kind.NUMBER, self.average(total, count))
+            mean = self.average(exp.Sum(this=prop), exp.Count(this=prop.copy()))
+            return Val(Kind.NUMBER, self.correlated(node.event, mean), costly=True)
         if node.fn == "sum":
-            result = exp.Coalesce(this=exp.Sum(this=prop), expressions=[zero])
-            nullable = False
-        elif node.fn == "min":
-            result = exp.Min(this=prop)
-        elif node.fn == "max":
-            result = exp.Max(this=prop)
-        elif node.fn == "avg":
-            result = self.average(prop)
-        else:
-            raise InternalError(f"unknown aggregate {node.fn}")
-        select = exp.select(result).from_(exp.table_("events", alias="e"))
-        select = select.where(self.visit_EventSpec(node.event))
-        return Val(Kind.NUMBER, _subquery(select), nullable=nullable, costly=True)
+            # 0 over no (numeric) value.
+            value = aggregate(node.event, exp.Sum(this=prop))
+            total = exp.Coalesce(this=value, expressions=[self.number(0)])
+            return Val(Kind.NUMBER, total, nullable=False, costly=not self.batch)
+        if node.fn in ("min", "max"):
+            extreme = exp.Min(this=prop) if node.fn == "min" else exp.Max(this=prop)
+            return Val(Kind.NUMBER, aggregate(node.event, extreme), costly=not self.batch)
+        raise InternalError(f"unknown aggregate {node.fn}")
 
-    def average(self, prop: exp.Expr) -> exp.Expr:
+    def average(self, total: exp.Expr, count: exp.Expr) -> exp.Expr:
         """sum / count rounded half away from zero to 12 places, by exact
         integer division: sign(s) * div(|s| * 2e12 + n, 2n) * 1e-12. Numeric
         division's own result scale would round (or truncate) on its own."""
-        total = exp.Sum(this=prop)
         # NULL over no numeric value, and never a division by zero.
-        count = exp.Nullif(this=exp.Count(this=prop.copy()), expression=self.integer(0))
-        twice = self.number(2)
+        count = exp.Nullif(this=count, expression=self.integer(0))
         numerator = _binary(
             exp.Add,
             _binary(exp.Mul, _fn("abs", total), self.number(2 * _AVG_SCALE)),
             count,
         )
-        quotient = _fn("div", numerator, _binary(exp.Mul, twice, count.copy()))
+        quotient = _fn("div", numerator, _binary(exp.Mul, self.number(2), count.copy()))
         scaled = _binary(exp.Mul, quotient, self.number(Decimal(1).scaleb(-12)))
         return _binary(exp.Mul, _fn("sign", total.copy()), scaled)
 
     def visit_TimeAgg(self, node: ast.TimeAgg) -> Val:
         at = _col("e", "at")
-        result = exp.Min(this=at) if node.fn == "first" else exp.Max(this=at)
-        select = exp.select(result).from_(exp.table_("events", alias="e"))
-        select = select.where(self.visit_EventSpec(node.event))
-        return Val(Kind.TIME, _subquery(select), costly=True)
+        extreme = exp.Min(this=at) if node.fn == "first" else exp.Max(this=at)
+        if self.batch:
+            return Val(Kind.TIME, self.hoisted_event(node.event, extreme))
+        return Val(Kind.TIME, self.correlated(node.event, extreme), costly=True)
 
     def visit_TextLiteral(self, node: ast.TextLiteral) -> Val:
         if node.value == "":
@@ -945,58 +1029,119 @@ class _Visitor:
     # ---- events -------------------------------------------------------------------------
 
     def visit_EventSpec(self, spec: ast.EventSpec) -> exp.Expr:
-        """The WHERE of a subquery over ``events e`` for one contact, in index
-        order (contact_pk, name, at): equality first, then the time range."""
+        """The WHERE of a subquery over ``events e`` for one contact: the
+        contact, the name and the time range are conditions on the index
+        (contact_pk, name, at)."""
         parts = [_binary(exp.EQ, _col("e", "contact_pk"), _col("c", "pk"))]
+        # Events after `now` never count.
+        parts.append(_binary(exp.LTE, _col("e", "at"), self.p.now()))
+        return _and([*parts, *self.event_filter(spec)])
+
+    def event_filter(self, spec: ast.EventSpec) -> list[exp.Expr]:
+        """Which of a contact's events up to ``now`` match ``spec``."""
+        parts: list[exp.Expr] = []
         if spec.name is not None:
             parts.append(_binary(exp.EQ, _col("e", "name"), self.text(spec.name)))
         if spec.within is not None:
             after = self.p.now(-spec.within.seconds * MICROS_PER_SECOND)
             parts.append(_binary(exp.GT, _col("e", "at"), after))
-        # Events after `now` never count.
-        parts.append(_binary(exp.LTE, _col("e", "at"), self.p.now()))
         if spec.where is not None:
             saved, self._event = self._event, "e"
             try:
-                # Inside WHERE, NULL means false: no IS TRUE needed.
+                # In a WHERE or FILTER, NULL means false: no IS TRUE needed.
                 parts.append(self.cond(spec.where).expr)
             finally:
                 self._event = saved
-        return _and(parts)
+        return parts
+
+    def correlated(self, spec: ast.EventSpec, aggregate: exp.Expr) -> exp.Expr:
+        """``(SELECT aggregate FROM events e WHERE <this contact's matches>)``."""
+        select = exp.select(aggregate).from_(exp.table_("events", alias="e"))
+        return _subquery(select.where(self.visit_EventSpec(spec)))
+
+    def hoisted_event(self, spec: ast.EventSpec, aggregate: exp.Expr) -> exp.Expr:
+        """The aggregate over the contact's matching events, as a column of the
+        batch query's grouped pass over events."""
+        self.events.keys.add(spec.name)
+        parts = self.event_filter(spec)
+        if parts:
+            aggregate = exp.Filter(this=aggregate, expression=exp.Where(this=_and(parts)))
+        return self.events.column(aggregate)
+
+    def hoisted_joins(self, select: exp.Select) -> exp.Select:
+        """Join the grouped passes that the compiled expressions used."""
+        passes: list[tuple[_Hoisted, str, str, list[exp.Expr]]] = []
+        if self.events.columns:
+            where = [_binary(exp.LTE, _col("e", "at"), self.p.now())]
+            if None not in self.events.keys:
+                names = [self.text(k) for k in sorted(k for k in self.events.keys if k is not None)]
+                where.append(exp.In(this=_col("e", "name"), expressions=names))
+            passes.append((self.events, "events", "e", where))
+        if self.tags.columns:
+            tags = sorted(k for k in self.tags.keys if k is not None)
+            where = [exp.In(this=_col("t", "tag"), expressions=[self.text(t) for t in tags])]
+            passes.append((self.tags, "contact_tags", "t", where))
+        if self.lists.columns:
+            lists = sorted(k for k in self.lists.keys if k is not None)
+            where = [
+                exp.In(this=_col("s", "list"), expressions=[self.text(x) for x in lists]),
+                _binary(exp.EQ, _col("s", "status"), self.text("subscribed")),
+            ]
+            passes.append((self.lists, "subscriptions", "s", where))
+        for hoisted, table, alias, where in passes:
+            key = _col(alias, "contact_pk")
+            grouped = (
+                exp.select(key, *(exp.alias_(a, n) for n, a in hoisted.columns.values()))
+                .from_(exp.table_(table, alias=alias))
+                .where(_and(where))
+                .group_by(key.copy())
+            )
+            on = _binary(exp.EQ, _col(hoisted.alias, "contact_pk"), _col("c", "pk"))
+            select = select.join(
+                exp.alias_(_subquery(grouped), hoisted.alias, table=True),
+                on=on,
+                join_type="LEFT",
+            )
+        return select
 
     # ---- declarations -----------------------------------------------------------------------
 
     def segment(self, name: str) -> Cond:
         return self.cond(self.rules.segments[name].body)
 
-    def score(self, name: str) -> exp.Expr:
+    def score(self, name: str) -> Val:
         """The exact sum of the contributions, then the clamp (§9)."""
         decl = self.rules.scores[name]
+        whole = integral_score(decl)
+
+        def constant(value: Decimal) -> exp.Expr:
+            return self.integer(int(value)) if whole else self.number(value)
+
         terms: list[exp.Expr] = []
         for rule in decl.rules:
             if rule.points == 0:
                 continue
-            points = self.number(rule.points)
+            points = constant(rule.points)
             if isinstance(rule, ast.ScorePer):
                 count = self.visit_CountAgg(ast.CountAgg(rule.event, span=rule.span)).expr
                 term = _binary(exp.Mul, points, count)
                 if rule.cap is not None:
                     # count >= 0, so the product has the sign of the points.
                     if rule.points > 0:
-                        term = exp.Least(this=term, expressions=[self.number(rule.cap)])
+                        term = exp.Least(this=term, expressions=[constant(rule.cap)])
                     else:
-                        term = exp.Greatest(this=term, expressions=[self.number(-rule.cap)])
+                        term = exp.Greatest(this=term, expressions=[constant(-rule.cap)])
                 terms.append(term)
             else:
                 condition = self.cond(rule.condition).expr
-                terms.append(_case([(condition, points)], self.number(0)))
-        total = terms[0] if terms else self.number(0)
+                terms.append(_case([(condition, points)], constant(Decimal(0))))
+        total = terms[0] if terms else constant(Decimal(0))
         for term in terms[1:]:
             total = _binary(exp.Add, total, term)
         if decl.clamp is not None:
-            total = exp.Greatest(this=total, expressions=[self.number(decl.clamp.low)])
-            total = exp.Least(this=total, expressions=[self.number(decl.clamp.high)])
-        return total
+            total = exp.Greatest(this=total, expressions=[constant(decl.clamp.low)])
+            total = exp.Least(this=total, expressions=[constant(decl.clamp.high)])
+        return Val(Kind.NUMBER, total, nullable=False, costly=not self.batch, integer=whole)
 
     def prior_rank(self) -> exp.Expr:
         names = self.rules.stage_names
@@ -1074,9 +1219,9 @@ class SqlCompiler:
     def __init__(self, rules: CheckedRules) -> None:
         self.rules = rules
 
-    def _visitor(self) -> tuple[_Visitor, _Params]:
+    def _visitor(self, *, batch: bool = False) -> tuple[_Visitor, _Params]:
         params = _Params()
-        return _Visitor(self.rules, params), params
+        return _Visitor(self.rules, params, batch=batch), params
 
     @staticmethod
     def _finish(
@@ -1125,26 +1270,29 @@ class SqlCompiler:
     def score_values(self, name: str) -> CompiledQuery:
         """``SELECT c.id, <score>`` for every contact of the workspace."""
         self._need("score", name)
-        visitor, params = self._visitor()
-        select = _contacts(_col("c", "id"), exp.alias_(visitor.score(name), "score"))
+        visitor, params = self._visitor(batch=True)
+        score = _cast(visitor.score(name).expr, "numeric")
+        select = _contacts(_col("c", "id"), exp.alias_(score, "score"))
+        select = visitor.hoisted_joins(select)
         return self._finish(select.where(_in_workspace(params)), params, (ID, ("score", name)))
 
     def stages(self) -> CompiledQuery:
         """``SELECT c.id, <stage name or NULL>`` for every contact."""
         if self.rules.lifecycle is None:
             raise KeyError("the rule set has no lifecycle block")
-        visitor, params = self._visitor()
+        visitor, params = self._visitor(batch=True)
         stage = visitor.stage_name(visitor.stage_rank())
-        select = _contacts(_col("c", "id"), exp.alias_(stage, "stage"))
+        select = visitor.hoisted_joins(_contacts(_col("c", "id"), exp.alias_(stage, "stage")))
         return self._finish(select.where(_in_workspace(params)), params, (ID, STAGE))
 
     def everything(self) -> CompiledQuery:
         """One row per contact: id, each segment's membership, each score, the
-        stage. Each node another one refers to is computed once per contact
-        in a LATERAL subquery (fenced with OFFSET so it is not inlined back)."""
-        visitor, params = self._visitor()
+        stage. Events, tags and subscriptions are read in one grouped pass
+        each; a node that another one reads is computed once per contact in a
+        LATERAL subquery (fenced with OFFSET so it is not inlined back)."""
+        visitor, params = self._visitor(batch=True)
         referenced = _referenced_nodes(self.rules)
-        select = _contacts(_col("c", "id"))
+        laterals: list[exp.Expr] = []
         outputs: dict[NodeKey, exp.Expr] = {}
         for index, node in enumerate(self.rules.order, start=1):
             kind, name = node
@@ -1152,36 +1300,37 @@ class SqlCompiler:
             if kind == "segment":
                 expression = visitor.strict(visitor.segment(name))
             elif kind == "score":
-                expression = visitor.score(name)
+                expression = visitor.score(name).expr
             else:
                 expression = visitor.stage_rank()
             if node in referenced:
                 alias = f"n{index}"
-                fenced = exp.select(exp.alias_(expression, "v")).offset(
-                    params.constant(0, "bigint")
-                )
-                select = select.join(
-                    exp.Lateral(
-                        this=_subquery(fenced), alias=exp.TableAlias(this=exp.to_identifier(alias))
-                    ),
-                    join_type="CROSS",
-                )
+                fenced = exp.select(exp.alias_(expression, "v"))
+                fenced = fenced.offset(params.constant(0, "bigint"))
+                table = exp.TableAlias(this=exp.to_identifier(alias))
+                laterals.append(exp.Lateral(this=_subquery(fenced), alias=table))
                 expression = _col(alias, "v")
                 visitor.bound[node] = expression
             outputs[node] = expression
+        select = _contacts(_col("c", "id"))
         columns: list[tuple[str, str]] = [ID]
         for node in self.rules.order:
             if node[0] == "segment":
-                select = select.select(exp.alias_(outputs[node].copy(), f"segment_{len(columns)}"))
+                select = select.select(exp.alias_(outputs[node], f"segment_{len(columns)}"))
                 columns.append(node)
         for node in self.rules.order:
             if node[0] == "score":
-                select = select.select(exp.alias_(outputs[node].copy(), f"score_{len(columns)}"))
+                score = _cast(outputs[node], "numeric")
+                select = select.select(exp.alias_(score, f"score_{len(columns)}"))
                 columns.append(node)
         lifecycle = outputs.get(("lifecycle", ""))
         if lifecycle is not None:
-            select = select.select(exp.alias_(visitor.stage_name(lifecycle.copy()), "stage"))
+            select = select.select(exp.alias_(visitor.stage_name(lifecycle), "stage"))
             columns.append(STAGE)
+        # The grouped passes first: the LATERAL subqueries read their columns.
+        select = visitor.hoisted_joins(select)
+        for lateral in laterals:
+            select = select.join(lateral, join_type="CROSS")
         return self._finish(select.where(_in_workspace(params)), params, tuple(columns))
 
 
