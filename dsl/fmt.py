@@ -55,7 +55,9 @@ Comments
     line of the token it followed. A comment on its own line stays on its own
     line before the token that followed it, at that token's indentation; one
     before a closing ``}``, ``)`` or ``]`` stays inside the block, at the
-    block's indentation. A comment always ends its line, so code that followed
+    block's indentation. Comments never separate an opening ``{``, ``(`` or
+    ``[`` from what precedes it: one written just before it moves just after
+    it (``segment s { # note``). A comment always ends its line, so code that followed
     a token with a trailing comment moves to the next line, and any condition
     holding a comment is broken one operand per line. Between declarations and
     at the end of the file, a blank line around comments is kept (at most
@@ -66,6 +68,7 @@ Comments
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -113,13 +116,35 @@ def format_source(source: str, path: str = "<input>") -> str:
     # Like black's safe mode: a formatter bug must never rewrite a user's file
     # into something that means another thing (or loses a comment).
     again = parse(text, path)
-    if again.file is None or again.file != parsed.file:
+    if again.file is None or not _same_tree(again.file, parsed.file):
         raise InternalError(f"rulec fmt would change the meaning of {path}; please report this")
     if [c.text for c in again.file.comments] != [c.text for c in parsed.file.comments]:
         raise InternalError(
             f"rulec fmt would lose or reorder comments of {path}; please report this"
         )
     return text
+
+
+def _same_tree(one: object, other: object) -> bool:
+    """``one == other`` for AST nodes (spans and other ``compare=False``
+    fields ignored), without recursion: deep trees must not overflow."""
+    stack = [(one, other)]
+    while stack:
+        left, right = stack.pop()
+        if type(left) is not type(right):
+            return False
+        if isinstance(left, ast.Node):
+            for item in dataclasses.fields(left):
+                if item.compare:
+                    stack.append((getattr(left, item.name), getattr(right, item.name)))
+        elif isinstance(left, tuple):
+            assert isinstance(right, tuple)
+            if len(left) != len(right):
+                return False
+            stack.extend(zip(left, right, strict=True))
+        elif left != right:
+            return False
+    return True
 
 
 # ---- source tokens ---------------------------------------------------------------
@@ -146,6 +171,7 @@ _LEXEME = re.compile(
 )
 
 _PARENS = ("(", ")")
+_OPENERS = frozenset({"(", "[", "{"})
 _CLOSERS = frozenset({")", "]", "}"})
 _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -315,7 +341,10 @@ class _Builder:
             found = self.tokens[index].text
             if found == text:
                 self.cursor = index + 1
-                return self._add(_Tok(text, index, index, closer=text in _CLOSERS, top=top))
+                tok = _Tok(text, index, index, closer=text in _CLOSERS, top=top)
+                if top:
+                    tok.blank_before = _blank_before(self.source, self.tokens[index].start)
+                return self._add(tok)
             if found not in _PARENS:
                 break
             index += 1
@@ -620,7 +649,7 @@ def _signed(value: Decimal) -> str:
 # ---- comments --------------------------------------------------------------------
 
 
-def _attach(source: str, builder: _Builder, comments: list[_SourceComment]) -> None:
+def _attach(builder: _Builder, comments: list[_SourceComment]) -> None:
     """Give each comment to an output token.
 
     A comment lies between two source tokens; its slot is between the output
@@ -641,6 +670,10 @@ def _attach(source: str, builder: _Builder, comments: list[_SourceComment]) -> N
     for comment in comments:
         found = bisect.bisect_right(firsts, comment.after_token) - 1
         slot = paired[found] + 1 if found >= 0 else 0
+        # An opening bracket stays on the line of what it opens: a comment
+        # before it goes after it, into the block.
+        while slot < len(toks) and toks[slot].text in _OPENERS:
+            slot += 1
         slots.setdefault(slot, []).append(comment)
     for slot, group in slots.items():
         rest = group
@@ -651,10 +684,7 @@ def _attach(source: str, builder: _Builder, comments: list[_SourceComment]) -> N
             continue
         attached = [_Attached(c.text, False, c.blank_before) for c in rest]
         if slot < len(toks) and not toks[slot].closer:
-            target = toks[slot]
-            target.before.extend(attached)
-            if target.first is not None:
-                target.blank_before = _blank_before(source, builder.tokens[target.first].start)
+            toks[slot].before.extend(attached)
         else:
             toks[slot - 1].after.extend(attached)
 
@@ -702,19 +732,20 @@ class _Printer:
         self.lines: list[str] = []
         self.line = ""
         self.indent = 0
-        # Set after a comment: the next text must start a new line (indented so).
-        self.pending: int | None = None
+        # A comment ends the current line: what follows starts a new one.
+        self.pending = False
+        # Indentation of the line that holds the last token written.
+        self.code_indent = 0
 
     def newline(self, indent: int) -> None:
         if self.line:
             self.lines.append((" " * self.indent + self.line).rstrip())
             self.line = ""
         self.indent = indent
-        self.pending = None
+        self.pending = False
 
     def blank(self) -> None:
-        if self.line:
-            self.newline(self.indent if self.pending is None else self.pending)
+        self.newline(self.indent)
         if self.lines and self.lines[-1] != "":
             self.lines.append("")
 
@@ -722,27 +753,31 @@ class _Printer:
         if self.line:
             self.newline(indent)
         self.line = text
-        self.pending = self.indent
+        self.pending = True
 
     def column(self) -> int:
-        if self.pending is not None:
-            return self.pending
-        return self.indent + len(self.line)
+        return self.indent if self.pending else self.indent + len(self.line)
 
     def token(self, tok: _Tok, indent: int) -> None:
+        if self.line and (self.pending or tok.before):
+            # A comment pushes the token off the line the layout gave it: it
+            # continues the line above, one step deeper, or closes its block.
+            self.newline(indent if tok.closer else max(indent, self.code_indent + INDENT))
         for index, comment in enumerate(tok.before):
             if tok.top and index > 0 and comment.blank_before:
                 self.blank()
-            self.own_line_comment(comment.text, indent)
+            self.own_line_comment(comment.text, self.indent)
         if tok.top and tok.before and tok.blank_before:
             self.blank()
-        if self.pending is not None:
-            self.newline(indent)
+        if self.pending:
+            self.newline(self.indent)
+        if not self.line:
+            self.code_indent = self.indent
         self.line += tok.text
         for index, comment in enumerate(tok.after):
             if index == 0 and comment.trailing:
                 self.line += " " + comment.text
-                self.pending = indent
+                self.pending = True
                 continue
             if tok.eof and comment.blank_before:
                 self.blank()
@@ -756,12 +791,12 @@ class _Printer:
             if isinstance(node, list):
                 stack.extend((indent, flat, part) for part in reversed(node))
             elif isinstance(node, str):
-                if self.line and self.pending is None:
+                if self.line and not self.pending:
                     self.line += node
             elif isinstance(node, _Tok):
                 self.token(node, indent)
             elif isinstance(node, _Line):
-                if node.hard or not flat or self.pending is not None:
+                if node.hard or not flat or self.pending:
                     self.newline(indent)
                 elif not node.soft and self.line:
                     self.line += " "
@@ -833,6 +868,6 @@ def _format(source: str, rule_file: ast.RuleFile) -> str:
                 lines.append("")
             lines.append(comment.text)
         return "".join(line + "\n" for line in lines)
-    _attach(source, builder, comments)
+    _attach(builder, comments)
     _propagate_breaks(doc)
     return _Printer().print(doc)
