@@ -22,6 +22,7 @@ from nudgel.dsl import ast
 from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import CheckedRules
 from nudgel.dsl.diagnostics import InternalError
+from nudgel.dsl.regex import search as regex_search
 from nudgel.dsl.textfold import fold
 from nudgel.dsl.timeparse import MICROS_PER_SECOND
 from nudgel.runtime import memory_helpers
@@ -69,6 +70,7 @@ class PythonCompiler:
             {
                 "_h": memory_helpers,
                 "_fold": fold,
+                "_regex_search": regex_search,
                 "_jpath": memory_helpers.jpath,
                 "_jstr": memory_helpers.jstr,
                 "_jnum": memory_helpers.jnum,
@@ -375,11 +377,11 @@ class PythonCompiler:
     def expr_Matches(self, node: ast.Matches) -> str:
         if node.regex is None:
             raise InternalError("matches without a compiled regex")
-        pattern = self.const(re.compile(node.regex.python))
+        # The linear-time matcher of the portable subset, never a backtracking
+        # engine: a user's pattern must not be able to stall evaluation.
         subject = self.text_of(node.value)
         ts = self.temp()
-        target = f"_fold({ts})" if node.regex.ignore_case else ts
-        test = f"(({ts} := {subject}) is not None and {pattern}.search({target}) is not None)"
+        test = f"(({ts} := {subject}) is not None and _regex_search({self.const(node.regex)}, {ts}))"
         return f"(not {test})" if node.negated else test
 
     def expr_Has(self, node: ast.Has) -> str:
