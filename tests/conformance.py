@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE_DIR = Path(os.environ.get("NUDGEL_CONFORMANCE_DIR", ROOT.parent / "shared" / "conformance"))
+LOCAL_CASES_DIR = ROOT / "tests" / "cases"
 RULES_PATH = "case.rules"
 
 
@@ -34,10 +35,10 @@ class Case:
         return any(str(x["code"]).startswith("E") for x in self.expect.get("diagnostics", []))
 
 
-def load_cases() -> list[Case]:
-    files = sorted(CONFORMANCE_DIR.glob("*.yaml"))
+def load_cases(directory: Path = CONFORMANCE_DIR) -> list[Case]:
+    files = sorted(directory.glob("*.yaml"))
     if not files:
-        raise FileNotFoundError(f"no conformance cases found in {CONFORMANCE_DIR}")
+        raise FileNotFoundError(f"no conformance cases found in {directory}")
     cases = []
     for path in files:
         # YAML 1.1 would read `on`/`yes` as booleans and dates as datetimes; the
@@ -47,7 +48,7 @@ def load_cases() -> list[Case]:
         for raw in document["cases"]:
             cases.append(
                 Case(
-                    file=path.name,
+                    file=path.name if directory == CONFORMANCE_DIR else f"local/{path.name}",
                     name=raw["name"],
                     rules=raw["rules"],
                     now=str(raw.get("now", document.get("now"))),

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import RULES_PATH, Case, load_cases
+from conformance import LOCAL_CASES_DIR, RULES_PATH, Case, load_cases
 from nudgel.dsl.checker import check_sources
 
-CASES = load_cases()
+CASES = load_cases() + load_cases(LOCAL_CASES_DIR)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

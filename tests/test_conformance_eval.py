@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conformance import RULES_PATH, Case, load_cases
+from conformance import LOCAL_CASES_DIR, RULES_PATH, Case, load_cases
 from nudgel.dsl.checker import CheckedRules, check_sources
 from nudgel.dsl.timeparse import parse_timestamp
 from nudgel.runtime.contact import DataError, load_contacts
@@ -16,7 +16,7 @@ from nudgel.runtime.postgres_eval import evaluate_postgres
 from nudgel.runtime.program import Program
 from nudgel.runtime.result import EvalResult
 
-CASES = [c for c in load_cases() if not c.expects_error]
+CASES = [c for c in load_cases() + load_cases(LOCAL_CASES_DIR) if not c.expects_error]
 
 
 def compiled(case: Case) -> CheckedRules:
