@@ -30,7 +30,6 @@ Semantics follow the in-memory backend exactly (spec §4-§10):
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -42,7 +41,7 @@ from nudgel.dsl import ast
 from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import CheckedRules
 from nudgel.dsl.diagnostics import InternalError
-from nudgel.dsl.textfold import POSTGRES_FOLD_FROM, POSTGRES_FOLD_TO, fold
+from nudgel.dsl.textfold import FOLD_MAP, POSTGRES_FOLD_FROM, POSTGRES_FOLD_TO, fold
 from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND
 from sqlglot import exp
 
@@ -72,7 +71,7 @@ _SQL_TYPES["float8"] = exp.DataType.build("double precision", dialect="postgres"
 _AVG_SCALE = 10**12
 # Characters that some other character folds to: a pattern without any of
 # them matches the folded text exactly where it matches the text itself.
-_FOLD_TARGETS = frozenset(POSTGRES_FOLD_TO) | frozenset(string.ascii_lowercase)
+_FOLD_TARGETS = frozenset(map(chr, FOLD_MAP.values()))
 # Scores whose numbers are all whole and small add up in bigint (much faster
 # than numeric): a count is below 2^40 (no table holds more rows), so with
 # the points' magnitudes summing to at most 2^20 no sum can reach 2^63.
@@ -1145,6 +1144,8 @@ class _Visitor:
 
     def prior_rank(self) -> exp.Expr:
         names = self.rules.stage_names
+        if not names:  # `lifecycle { }`: no stage, ever (a NULL parameter)
+            return self.p.constant(None, "bigint")
         return exp.Case(
             this=_col("c", "stage"),
             ifs=[exp.If(this=self.text(n), true=self.integer(i)) for i, n in enumerate(names)],
@@ -1163,10 +1164,12 @@ class _Visitor:
                 (_binary(exp.GTE, self.prior_rank(), self.integer(rank)), self.prior_rank())
             )
             whens.append((self.cond(lifecycle.stages[rank].condition).expr, self.integer(rank)))
-        return _case(whens)
+        return _case(whens) if whens else self.prior_rank()
 
     def stage_name(self, rank: exp.Expr) -> exp.Expr:
         names = self.rules.stage_names
+        if not names:
+            return self.p.constant(None, "text")
         return exp.Case(
             this=_wrap(rank),
             ifs=[exp.If(this=self.integer(i), true=self.text(n)) for i, n in enumerate(names)],
