@@ -415,7 +415,7 @@ class _Writer:
         if scope.fields_of("json"):
             kinds.append("json")
         if scope.stages:
-            kinds.append("stage")
+            kinds += ["stage", "stage"]
         return kinds
 
     def comparison(self, scope: _Scope) -> str:
@@ -672,18 +672,20 @@ def micros(text: str) -> int:
 def format_instant(value: int, offset_minutes: int = 0, style: str = "Z") -> str:
     """RFC 3339 text of an instant in microseconds, at a UTC offset.
     ``style``: ``Z``, ``z`` (lower-case ``t``/``z``), ``offset`` (``+hh:mm``
-    even for UTC), ``nanos`` (9 fraction digits)."""
+    even for UTC), ``nanos`` / ``nanosDDD`` (9 fraction digits, the last
+    three ``DDD``, which the loader truncates)."""
     local = value + offset_minutes * 60 * MICROS_PER_SECOND
     days, rest = divmod(local, MICROS_PER_DAY)
     year, month, day = _civil_from_days(days)
     seconds, fraction = divmod(rest, MICROS_PER_SECOND)
     hour, minute, second = seconds // 3600, seconds // 60 % 60, seconds % 60
     text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-    if style == "nanos":
-        text += f".{fraction:06d}000"
+    if style.startswith("nanos"):
+        # Digits past the microsecond: the loader truncates them.
+        text += f".{fraction:06d}{style[5:] or '000'}"
     elif fraction:
         text += f".{fraction:06d}".rstrip("0")
-    if offset_minutes == 0 and style in ("Z", "nanos"):
+    if offset_minutes == 0 and (style == "Z" or style.startswith("nanos")):
         return text + "Z"
     if offset_minutes == 0 and style == "z":
         return text.replace("T", "t") + "z"
@@ -806,7 +808,7 @@ def _instants(now: int, durations: Sequence[str]) -> SearchStrategy[str]:
         format_instant,
         st.one_of(edges, edges, around_now, anywhere),
         st.sampled_from(_OFFSETS),
-        st.sampled_from(["Z", "Z", "Z", "z", "offset", "nanos"]),
+        st.sampled_from(["Z", "Z", "Z", "z", "offset", "nanos", "nanos999", "nanos500"]),
     )
 
 
