@@ -24,7 +24,22 @@ Semantics follow the in-memory backend exactly (spec §4-§10):
 - Time: timestamps are ``timestamptz`` throughout; dates become their
   midnight UTC at read time; shifts add a pure time interval (no day part), so
   nothing depends on the session TimeZone.
-- Numbers: ``numeric`` throughout; ``avg`` is rounded by integer division.
+- Numbers: ``numeric``, except counts and whole-number scores small enough
+  to stay exact in ``bigint`` (``integral_score``); ``avg`` is rounded by
+  integer division.
+
+Query shapes. Segment queries (``segment_members``, ``segment_contains``)
+keep each part of the condition a separate qual so that PostgreSQL orders
+them by cost: a top-level ``tag``/``event`` test becomes a semi-join driven by
+its index, and counts, sums and scores are correlated subqueries probing
+``events(contact_pk, name, at)`` only for the contacts that passed the cheap
+filters. Batch queries (``score_values``, ``stages``, ``everything``) compute a
+value for every contact, so they read each table once instead: one grouped
+pass over the events (every aggregate a ``FILTER`` column), one over the
+tags, one over the subscriptions, joined on ``contact_pk``. That pass reads
+every event of the database up to ``now``, which is the fastest plan when the
+workspace holds most of them; in a database shared by many workspaces of
+similar size, restricting the pass to the workspace's contacts would pay off.
 """
 
 from __future__ import annotations
@@ -441,6 +456,7 @@ class _Visitor:
         self.events = _Hoisted("ev")
         self.tags = _Hoisted("tg")
         self.lists = _Hoisted("sb")
+        self._whole = False  # inside a score computed in bigint
 
     # ---- dispatch ---------------------------------------------------------------
 
@@ -1105,42 +1121,44 @@ class _Visitor:
 
     # ---- declarations -----------------------------------------------------------------------
 
-    def segment(self, name: str) -> Cond:
-        return self.cond(self.rules.segments[name].body)
+    def visit_SegmentDecl(self, decl: ast.SegmentDecl) -> Cond:
+        return self.cond(decl.body)
 
-    def score(self, name: str) -> Val:
+    def visit_ScoreDecl(self, decl: ast.ScoreDecl) -> Val:
         """The exact sum of the contributions, then the clamp (§9)."""
-        decl = self.rules.scores[name]
-        whole = integral_score(decl)
+        saved, self._whole = self._whole, integral_score(decl)
+        try:
+            terms = [self.visit(rule) for rule in decl.rules if rule.points != 0]
+            total = terms[0] if terms else self.points(Decimal(0))
+            for term in terms[1:]:
+                total = _binary(exp.Add, total, term)
+            if decl.clamp is not None:
+                total = exp.Greatest(this=total, expressions=[self.points(decl.clamp.low)])
+                total = exp.Least(this=total, expressions=[self.points(decl.clamp.high)])
+            return Val(
+                Kind.NUMBER, total, nullable=False, costly=not self.batch, integer=self._whole
+            )
+        finally:
+            self._whole = saved
 
-        def constant(value: Decimal) -> exp.Expr:
-            return self.integer(int(value)) if whole else self.number(value)
+    def points(self, value: Decimal) -> exp.Expr:
+        """A number of a score: bigint when the whole score is (``integral_score``)."""
+        return self.integer(int(value)) if self._whole else self.number(value)
 
-        terms: list[exp.Expr] = []
-        for rule in decl.rules:
-            if rule.points == 0:
-                continue
-            points = constant(rule.points)
-            if isinstance(rule, ast.ScorePer):
-                count = self.visit_CountAgg(ast.CountAgg(rule.event, span=rule.span)).expr
-                term = _binary(exp.Mul, points, count)
-                if rule.cap is not None:
-                    # count >= 0, so the product has the sign of the points.
-                    if rule.points > 0:
-                        term = exp.Least(this=term, expressions=[constant(rule.cap)])
-                    else:
-                        term = exp.Greatest(this=term, expressions=[constant(-rule.cap)])
-                terms.append(term)
-            else:
-                condition = self.cond(rule.condition).expr
-                terms.append(_case([(condition, points)], constant(Decimal(0))))
-        total = terms[0] if terms else constant(Decimal(0))
-        for term in terms[1:]:
-            total = _binary(exp.Add, total, term)
-        if decl.clamp is not None:
-            total = exp.Greatest(this=total, expressions=[constant(decl.clamp.low)])
-            total = exp.Least(this=total, expressions=[constant(decl.clamp.high)])
-        return Val(Kind.NUMBER, total, nullable=False, costly=not self.batch, integer=whole)
+    def visit_ScorePer(self, rule: ast.ScorePer) -> exp.Expr:
+        """N x count, its absolute value capped at M keeping the sign."""
+        count = self.visit_CountAgg(ast.CountAgg(rule.event, span=rule.span)).expr
+        term = _binary(exp.Mul, self.points(rule.points), count)
+        if rule.cap is None:
+            return term
+        # count >= 0, so the product has the sign of the points.
+        if rule.points > 0:
+            return exp.Least(this=term, expressions=[self.points(rule.cap)])
+        return exp.Greatest(this=term, expressions=[self.points(-rule.cap)])
+
+    def visit_ScoreWhen(self, rule: ast.ScoreWhen) -> exp.Expr:
+        condition = self.cond(rule.condition).expr  # in CASE WHEN, NULL is false
+        return _case([(condition, self.points(rule.points))], self.points(Decimal(0)))
 
     def prior_rank(self) -> exp.Expr:
         names = self.rules.stage_names
@@ -1151,20 +1169,35 @@ class _Visitor:
             ifs=[exp.If(this=self.text(n), true=self.integer(i)) for i, n in enumerate(names)],
         )
 
-    def stage_rank(self) -> exp.Expr:
-        """The latest stage whose condition holds, never earlier than the prior
-        stage (§10), checked from the latest stage down: once the prior stage
-        is at least the current level, no earlier condition can matter."""
-        lifecycle = self.rules.lifecycle
-        if lifecycle is None:
-            raise InternalError("stage without a lifecycle")
+    def visit_LifecycleDecl(self, lifecycle: ast.LifecycleDecl) -> exp.Expr:
+        """The rank of the latest stage whose condition holds, never earlier
+        than the prior stage (§10), checked from the latest stage down: once
+        the prior stage is at least the current level, no earlier condition
+        can matter."""
         whens: list[tuple[exp.Expr, exp.Expr]] = []
         for rank in reversed(range(len(lifecycle.stages))):
             whens.append(
                 (_binary(exp.GTE, self.prior_rank(), self.integer(rank)), self.prior_rank())
             )
-            whens.append((self.cond(lifecycle.stages[rank].condition).expr, self.integer(rank)))
+            whens.append((self.visit(lifecycle.stages[rank]), self.integer(rank)))
         return _case(whens) if whens else self.prior_rank()
+
+    def visit_StageDecl(self, stage: ast.StageDecl) -> exp.Expr:
+        return self.cond(stage.condition).expr  # in CASE WHEN, NULL is false
+
+    def segment(self, name: str) -> Cond:
+        result: Cond = self.visit(self.rules.segments[name])
+        return result
+
+    def score(self, name: str) -> Val:
+        result: Val = self.visit(self.rules.scores[name])
+        return result
+
+    def stage_rank(self) -> exp.Expr:
+        if self.rules.lifecycle is None:
+            raise InternalError("stage without a lifecycle")
+        result: exp.Expr = self.visit(self.rules.lifecycle)
+        return result
 
     def stage_name(self, rank: exp.Expr) -> exp.Expr:
         names = self.rules.stage_names
