@@ -134,10 +134,18 @@ def hand_stage(c: Contact, now: int, engagement: int) -> int | None:
 def hand_everything(c: Contact, now: int) -> tuple[Any, ...]:
     engagement = hand_engagement(c, now)
     hot = hand_hot_leads(c, now)
-    return (hot, hand_lapsed(c, now), hand_big_spenders(c, now), engagement, hand_stage(c, now, engagement))
+    return (
+        hot,
+        hand_lapsed(c, now),
+        hand_big_spenders(c, now),
+        engagement,
+        hand_stage(c, now, engagement),
+    )
 
 
-def best_time(function: Callable[[Contact, int], Any], contacts: list[Contact], repeat: int) -> float:
+def best_time(
+    function: Callable[[Contact, int], Any], contacts: list[Contact], repeat: int
+) -> float:
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
@@ -169,9 +177,13 @@ def main() -> None:
         result = program.evaluate(c, NOW)
         hand = hand_everything(c, NOW)
         stage = rules.stage_names[hand[4]] if hand[4] is not None else None
-        assert (result.segments["hot_leads"], result.segments["lapsed_customers"],
-                result.segments["big_spenders_ke"], result.scores["engagement"], result.stage) == (
-            hand[0], hand[1], hand[2], hand[3], stage), c.id
+        assert (
+            result.segments["hot_leads"],
+            result.segments["lapsed_customers"],
+            result.segments["big_spenders_ke"],
+            result.scores["engagement"],
+            result.stage,
+        ) == (hand[0], hand[1], hand[2], hand[3], stage), c.id
     print(f"hot_leads members: {members:,}")
 
     def compiled_all(c: Contact, now: int) -> Any:
@@ -179,15 +191,24 @@ def main() -> None:
 
     raw_evaluate = program._evaluate
     rows = [
-        ("hot_leads", best_time(compiled_hot, contacts, args.repeat), best_time(hand_hot_leads, contacts, args.repeat)),
-        ("all of spec §1 (evaluate)", best_time(raw_evaluate, contacts, args.repeat),
-         best_time(hand_everything, contacts, args.repeat)),
+        (
+            "hot_leads",
+            best_time(compiled_hot, contacts, args.repeat),
+            best_time(hand_hot_leads, contacts, args.repeat),
+        ),
+        (
+            "all of spec §1 (evaluate)",
+            best_time(raw_evaluate, contacts, args.repeat),
+            best_time(hand_everything, contacts, args.repeat),
+        ),
     ]
     print(f"{'rules':<28}{'compiled µs/contact':>22}{'hand µs/contact':>18}{'ratio':>8}")
     for name, compiled_seconds, hand_seconds in rows:
         per = 1e6 / len(contacts)
-        print(f"{name:<28}{compiled_seconds * per:>22.3f}{hand_seconds * per:>18.3f}"
-              f"{compiled_seconds / hand_seconds:>8.2f}")
+        print(
+            f"{name:<28}{compiled_seconds * per:>22.3f}{hand_seconds * per:>18.3f}"
+            f"{compiled_seconds / hand_seconds:>8.2f}"
+        )
     print("aim: ratio <= 1.2 for hot_leads")
 
 

@@ -21,7 +21,7 @@ import secrets
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,14 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_memory import spec_rules  # noqa: E402
+from eval_memory import spec_rules
+from nudgel.api.embedded import database_url_from_env
+from nudgel.api.migrate import apply_migrations
+from nudgel.compiler.sql import SqlCompiler
+from nudgel.dsl.checker import check_sources
+from nudgel.dsl.timeparse import parse_timestamp
 
-from nudgel.api.embedded import database_url_from_env  # noqa: E402
-from nudgel.api.migrate import apply_migrations  # noqa: E402
-from nudgel.compiler.sql import SqlCompiler  # noqa: E402
-from nudgel.dsl.checker import check_sources  # noqa: E402
-from nudgel.dsl.timeparse import parse_timestamp  # noqa: E402
-
-NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 NOW_MICROS = parse_timestamp("2026-06-01T12:00:00Z") or 0
 EVENT_NAMES = ["purchase", "email_open", "page_view", "visit"]
 
@@ -110,12 +109,18 @@ def contact_rows(count: int, workspace: int, rng: random.Random) -> Iterator[str
     for i in range(count):
         domain = rng.choice(["acme.com", "example.co.ke", "gmail.com"])
         email = f"user{i}@{domain}" if rng.random() < 0.9 else "\\N"
-        phone = rng.choice(["+254", "+1", "+44"]) + str(rng.randrange(10**8, 10**9)) if rng.random() < 0.5 else "\\N"
+        phone = (
+            rng.choice(["+254", "+1", "+44"]) + str(rng.randrange(10**8, 10**9))
+            if rng.random() < 0.5
+            else "\\N"
+        )
         fields = json.dumps({"plan": rng.choice(["free", "pro", "enterprise", "basic"])})
         yield f"{workspace}\tc{i:07d}\t{email}\t{phone}\t{fields}\t2026-01-01 00:00:00+00\t2026-01-01 00:00:00+00\n"
 
 
-def copy_text(cur: psycopg.Cursor[Any], statement: str, lines: Iterator[str], batch: int = 20_000) -> None:
+def copy_text(
+    cur: psycopg.Cursor[Any], statement: str, lines: Iterator[str], batch: int = 20_000
+) -> None:
     with cur.copy(statement) as copy:
         buffer = io.StringIO()
         for n, line in enumerate(lines, start=1):
@@ -126,10 +131,14 @@ def copy_text(cur: psycopg.Cursor[Any], statement: str, lines: Iterator[str], ba
         copy.write(buffer.getvalue())
 
 
-def load(conn: psycopg.Connection[Any], contacts: int, events_per_contact: int, seed: int = 5) -> int:
+def load(
+    conn: psycopg.Connection[Any], contacts: int, events_per_contact: int, seed: int = 5
+) -> int:
     rng = random.Random(seed)
     with conn.cursor() as cur:
-        workspace = cur.execute("INSERT INTO workspaces (name) VALUES ('bench') RETURNING id").fetchone()
+        workspace = cur.execute(
+            "INSERT INTO workspaces (name) VALUES ('bench') RETURNING id"
+        ).fetchone()
         assert workspace is not None
         ws = workspace[0]
         start = time.perf_counter()
@@ -138,7 +147,9 @@ def load(conn: psycopg.Connection[Any], contacts: int, events_per_contact: int, 
             "COPY contacts (workspace_id, id, email, phone, fields, created_at, updated_at) FROM STDIN",
             contact_rows(contacts, ws, rng),
         )
-        first_pk = cur.execute("SELECT min(pk) FROM contacts WHERE workspace_id = %s", (ws,)).fetchone()
+        first_pk = cur.execute(
+            "SELECT min(pk) FROM contacts WHERE workspace_id = %s", (ws,)
+        ).fetchone()
         assert first_pk is not None
         base = first_pk[0]
         tags = ["premium", "KE", "vip", "beta"]
@@ -168,11 +179,15 @@ def event_rows(base: int, contacts: int, per_contact: int, rng: random.Random) -
         for _ in range(rng.randrange(per_contact // 2, per_contact * 3 // 2 + 1)):
             at = NOW - timedelta(seconds=rng.randrange(seconds))
             name = rng.choice(EVENT_NAMES)
-            props = '{"amount": %d, "currency": "%s"}' % (rng.randrange(100, 90000), rng.choice(["KES", "USD"]))
+            props = json.dumps(
+                {"amount": rng.randrange(100, 90000), "currency": rng.choice(["KES", "USD"])}
+            )
             yield f"{base + i}\t{name}\t{at.isoformat()}\t{props}\n"
 
 
-def timed(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], repeat: int) -> tuple[float, list[Any]]:
+def timed(
+    conn: psycopg.Connection[Any], query: str, params: dict[str, Any], repeat: int
+) -> tuple[float, list[Any]]:
     best, rows = float("inf"), []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -206,14 +221,26 @@ def main() -> None:
     with psycopg.connect(url) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         try:
-            print(f"generating {contacts:,} contacts, ~{contacts * args.events:,} events (COPY) ...", flush=True)
+            print(
+                f"generating {contacts:,} contacts, ~{contacts * args.events:,} events (COPY) ...",
+                flush=True,
+            )
             ws = load(conn, contacts, args.events)
             conn.commit()
             hand_params = {"ws": ws, "now": NOW}
             cases = [
-                ("hot_leads", compiler.segment_members("hot_leads"), HAND_HOT_LEADS, lambda rows: sorted(r[0] for r in rows)),
-                ("engagement", compiler.score_values("engagement"), HAND_ENGAGEMENT,
-                 lambda rows: sorted((r[0], float(r[1])) for r in rows)),
+                (
+                    "hot_leads",
+                    compiler.segment_members("hot_leads"),
+                    HAND_HOT_LEADS,
+                    lambda rows: sorted(r[0] for r in rows),
+                ),
+                (
+                    "engagement",
+                    compiler.score_values("engagement"),
+                    HAND_ENGAGEMENT,
+                    lambda rows: sorted((r[0], float(r[1])) for r in rows),
+                ),
             ]
             for name, compiled, hands, normal in cases:
                 params = compiled.bind(now=NOW_MICROS, workspace_id=ws)
@@ -222,13 +249,17 @@ def main() -> None:
                 print(f"\n{name}: {len(compiled_rows):,} rows")
                 for label, query in hands.items():
                     hand_time, hand_rows = timed(conn, query, hand_params, args.repeat)
-                    assert normal(hand_rows) == normal(compiled_rows), f"{label} disagrees with the compiled SQL"
+                    assert normal(hand_rows) == normal(compiled_rows), (
+                        f"{label} disagrees with the compiled SQL"
+                    )
                     best_hand = min(best_hand, hand_time)
                     print(f"  hand-written ({label}): {hand_time * 1000:10.1f} ms")
                     print(plan_shape(conn, query, hand_params))
                 print(f"  compiled:                 {compiled_time * 1000:10.1f} ms")
                 print(plan_shape(conn, compiled.sql, params))
-                print(f"  ratio compiled / fastest hand-written: {compiled_time / best_hand:.2f}   (aim: <= 1.2)")
+                print(
+                    f"  ratio compiled / fastest hand-written: {compiled_time / best_hand:.2f}   (aim: <= 1.2)"
+                )
         finally:
             conn.rollback()
             if not args.keep:

@@ -7,15 +7,14 @@ With no ``DATABASE_URL`` every command uses the embedded PostgreSQL in
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import click
 import psycopg
-
-from nudgel import __version__
 from nudgel.api.embedded import database_url_from_env
 from nudgel.api.migrate import apply_migrations
+
+from nudgel import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,4 +47,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

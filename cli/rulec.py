@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-
-from nudgel import __version__
 from nudgel.dsl import render
 from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
 from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
 from nudgel.dsl.span import Span
 from nudgel.dsl.timeparse import parse_timestamp
+
+from nudgel import __version__
 
 FORMATS = ("human", "json", "github", "sarif")
 
@@ -38,7 +38,9 @@ class RuleFiles:
                 self.sources[str(path)] = data.decode("utf-8")
             except UnicodeDecodeError as error:
                 line = data[: error.start].count(b"\n") + 1
-                column = len(data[: error.start].rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+                column = (
+                    len(data[: error.start].rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+                )
                 self.read_errors.append(
                     SYNTAX(
                         Span.point(str(path), line, column),
@@ -96,7 +98,9 @@ def checked_rules(files: RuleFiles) -> CheckedRules:
     result = files.check()
     if result.rules is None:
         color = sys.stderr.isatty()
-        click.echo(render.render_human(result.diagnostics, files.sources, color=color), err=True, nl=False)
+        click.echo(
+            render.render_human(result.diagnostics, files.sources, color=color), err=True, nl=False
+        )
         sys.exit(1)
     return result.rules
 
@@ -110,7 +114,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="human", show_default=True)
-@click.option("--color/--no-color", default=None, help="Colour the human format (default: on a terminal).")
+@click.option(
+    "--color/--no-color", default=None, help="Colour the human format (default: on a terminal)."
+)
 def check(paths: tuple[str, ...], fmt: str, color: bool | None) -> None:
     """Parse, resolve and type-check rule files and directories."""
     files = RuleFiles(paths)
@@ -122,7 +128,9 @@ def check(paths: tuple[str, ...], fmt: str, color: bool | None) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file would change; write nothing.")
+@click.option(
+    "--check", "check_only", is_flag=True, help="Exit 1 if a file would change; write nothing."
+)
 def fmt(paths: tuple[str, ...], check_only: bool) -> None:
     """Rewrite rule files in the canonical layout."""
     from nudgel.dsl.fmt import FormatError, format_source
@@ -155,11 +163,13 @@ def fmt(paths: tuple[str, ...], check_only: bool) -> None:
 @click.option("--segment", help="Compile this segment's membership query.")
 @click.option("--score", help="Compile this score model's query.")
 @click.option("--lifecycle", is_flag=True, help="Compile the lifecycle stage query.")
-def compile_command(paths: tuple[str, ...], segment: str | None, score: str | None, lifecycle: bool) -> None:
+def compile_command(
+    paths: tuple[str, ...], segment: str | None, score: str | None, lifecycle: bool
+) -> None:
     """Print the parameterised PostgreSQL for a segment, score or the lifecycle."""
     from nudgel.compiler.sql import SqlCompiler
 
-    if sum(x is not None and x is not False for x in (segment, score, lifecycle or None)) != 1:
+    if (segment is not None) + (score is not None) + lifecycle != 1:
         fail("give exactly one of --segment NAME, --score NAME or --lifecycle")
     rules = checked_rules(RuleFiles(paths))
     compiler = SqlCompiler(rules)
@@ -188,10 +198,20 @@ def _json_default(value: Any) -> Any:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--contacts", "contacts_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--now", "now_text", required=True, help="RFC 3339 timestamp with an offset.")
-@click.option("--backend", type=click.Choice(("memory", "postgres")), default="memory", show_default=True)
-@click.option("--database-url", envvar="DATABASE_URL", help="PostgreSQL for --backend postgres (default: embedded).")
+@click.option(
+    "--backend", type=click.Choice(("memory", "postgres")), default="memory", show_default=True
+)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    help="PostgreSQL for --backend postgres (default: embedded).",
+)
 def eval_command(
-    paths: tuple[str, ...], contacts_path: str, now_text: str, backend: str, database_url: str | None
+    paths: tuple[str, ...],
+    contacts_path: str,
+    now_text: str,
+    backend: str,
+    database_url: str | None,
 ) -> None:
     """Evaluate every segment, score and the lifecycle for each contact."""
     from nudgel.runtime.contact import DataError, load_contacts, parse_jsonl
@@ -226,7 +246,9 @@ def eval_command(
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="rulec", standalone_mode=True)
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name="rulec", standalone_mode=True
+        )
     except SystemExit:
         raise
     except Exception:  # an internal error: a crash, reported as one

@@ -107,7 +107,9 @@ class PythonCompiler:
         if self._lazy:
             self.define(f"only_{function_name(node)}", ["c", "now"], body)
         else:
-            self.define(function_name(node), ["c", "now", *(function_name(d) for d in dependencies)], body)
+            self.define(
+                function_name(node), ["c", "now", *(function_name(d) for d in dependencies)], body
+            )
         return dependencies
 
     def define(self, name: str, parameters: list[str], body: list[str]) -> None:
@@ -135,7 +137,9 @@ class PythonCompiler:
                 arguments = ", ".join(
                     ["c", "now", *(function_name(d) + "_" for d in parameters[node])]
                 )
-                self.lines.append(f"    {function_name(node)}_ = {function_name(node)}({arguments})")
+                self.lines.append(
+                    f"    {function_name(node)}_ = {function_name(node)}({arguments})"
+                )
             self.lines.append(f"    return {result}")
             self.lines.append("")
 
@@ -152,19 +156,19 @@ class PythonCompiler:
     # ---- helpers -----------------------------------------------------------------
 
     def const(self, value: Any) -> str:
-        key = (type(value), value if not isinstance(value, (list, dict)) else repr(value))
+        """The name of a constant in the module namespace (equal hashable
+        constants of one type share a name)."""
         try:
-            existing = self._constants.get(key)
-        except TypeError:
-            existing = None
+            key: tuple[type, Any] | None = (type(value), value)
+            existing = self._constants.get(key)  # type: ignore[arg-type]
+        except TypeError:  # unhashable (a dict): never shared
+            key, existing = None, None
         if existing is not None:
             return existing
         name = f"K{len(self.namespace)}"
         self.namespace[name] = value
-        try:
+        if key is not None:
             self._constants[key] = name
-        except TypeError:
-            pass
         return name
 
     def temp(self) -> str:
@@ -199,11 +203,15 @@ class PythonCompiler:
                     body.append(f"    total += {points} * {count}")
                 else:
                     # count >= 0, so the product has the sign of the points.
-                    limit, bound = ("min", int(rule.cap)) if rule.points > 0 else ("max", -int(rule.cap))
+                    limit, bound = (
+                        ("min", int(rule.cap)) if rule.points > 0 else ("max", -int(rule.cap))
+                    )
                     body.append(f"    total += {limit}({points} * {count}, {self.const(bound)})")
             else:
                 body.append(f"    if {self.expr(rule.condition)}:")
-                body.append(f"        total {'+= ' if integral else '= _add(total, '}{points}{'' if integral else ')'}")
+                body.append(
+                    f"        total {'+= ' if integral else '= _add(total, '}{points}{'' if integral else ')'}"
+                )
         if decl.clamp is not None:
             low = self.const(exact_number(decl.clamp.low))
             high = self.const(exact_number(decl.clamp.high))
@@ -337,7 +345,13 @@ class PythonCompiler:
     def is_constant(value: ast.Value) -> bool:
         return isinstance(
             value,
-            (ast.TextLiteral, ast.NumberLiteral, ast.BoolLiteral, ast.TimeLiteral, ast.StageLiteral),
+            (
+                ast.TextLiteral,
+                ast.NumberLiteral,
+                ast.BoolLiteral,
+                ast.TimeLiteral,
+                ast.StageLiteral,
+            ),
         ) and not (isinstance(value, ast.TextLiteral) and value.value == "")
 
     def expr_InList(self, node: ast.InList) -> str:
@@ -381,7 +395,9 @@ class PythonCompiler:
         # engine: a user's pattern must not be able to stall evaluation.
         subject = self.text_of(node.value)
         ts = self.temp()
-        test = f"(({ts} := {subject}) is not None and _regex_search({self.const(node.regex)}, {ts}))"
+        test = (
+            f"(({ts} := {subject}) is not None and _regex_search({self.const(node.regex)}, {ts}))"
+        )
         return f"(not {test})" if node.negated else test
 
     def expr_Has(self, node: ast.Has) -> str:
@@ -513,7 +529,6 @@ class PythonCompiler:
         return self.helper_function(["e", "now"], [f"    return {code}"])
 
 
-
 def estimate_cost(rules: CheckedRules, node: object, seen: frozenset[NodeKey] = frozenset()) -> int:
     """A rough relative cost of evaluating ``node`` for one contact."""
     if isinstance(node, ast.EventSpec):
@@ -555,7 +570,10 @@ def _node_parts(rules: CheckedRules, node: NodeKey) -> list[object]:
     if kind == "segment":
         return [rules.segments[name].body]
     if kind == "score":
-        return [r.event if isinstance(r, ast.ScorePer) else r.condition for r in rules.scores[name].rules]
+        return [
+            r.event if isinstance(r, ast.ScorePer) else r.condition
+            for r in rules.scores[name].rules
+        ]
     return [s.condition for s in rules.lifecycle.stages] if rules.lifecycle else []
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, TypeAlias
 
 from nudgel.dsl.span import NO_SPAN, Span
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from nudgel.dsl.regex import PortableRegex
 
 
-class Type(str, Enum):
+class Type(StrEnum):
     UNKNOWN = "unknown"
     TEXT = "text"
     EMAIL = "email"

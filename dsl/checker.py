@@ -97,9 +97,8 @@ def check(files: Sequence[ast.RuleFile]) -> CheckResult:
     checker = _Checker(files)
     rules = checker.run()
     diagnostics = tuple(sorted(checker.diagnostics, key=Diagnostic.sort_key))
-    if any(x.is_error for x in diagnostics):
-        rules = None
-    return CheckResult(rules, diagnostics)
+    has_errors = any(x.is_error for x in diagnostics)
+    return CheckResult(None if has_errors else rules, diagnostics)
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str | None:
@@ -174,8 +173,13 @@ class _Checker:
                     if self.lifecycle is not None:
                         self.report(
                             d.DUPLICATE_NAME(
-                                Span(decl.span.file, decl.span.line, decl.span.column,
-                                     decl.span.line, decl.span.column + len("lifecycle")),
+                                Span(
+                                    decl.span.file,
+                                    decl.span.line,
+                                    decl.span.column,
+                                    decl.span.line,
+                                    decl.span.column + len("lifecycle"),
+                                ),
                                 kind="lifecycle block",
                                 name="lifecycle",
                                 help="a rule set has at most one lifecycle block",
@@ -192,7 +196,12 @@ class _Checker:
                             self.stage_ranks[stage.name] = len(self.stage_ranks)
 
     def declare(
-        self, table: dict[str, ast.Declaration], name: str, decl: ast.Declaration, kind: str, span: Span
+        self,
+        table: Mapping[str, ast.Declaration],
+        name: str,
+        decl: ast.Declaration,
+        kind: str,
+        span: Span,
     ) -> None:
         if name in table:
             first = table[name].span
@@ -205,7 +214,7 @@ class _Checker:
                 )
             )
         else:
-            table[name] = decl
+            table[name] = decl  # type: ignore[index]  # each table holds its own kind
 
     def score(self, decl: ast.ScoreDecl) -> ast.ScoreDecl:
         context = _Context(("score", decl.name))
@@ -360,7 +369,9 @@ class _Checker:
             return False
         return True
 
-    def unknown(self, span: Span, kind: str, name: str, candidates: Iterable[str], help: str | None = None) -> None:
+    def unknown(
+        self, span: Span, kind: str, name: str, candidates: Iterable[str], help: str | None = None
+    ) -> None:
         guess = suggest(name, candidates)
         if guess is not None:
             help = f'did you mean "{guess}"?'
@@ -449,7 +460,7 @@ class _Checker:
                 self.mismatch(span, f"`{op}` does not order booleans; use `=` or `!=`")
                 return False
             return True
-        if lt.is_text_like and rt.is_text_like or lt.is_time and rt.is_time or lt == rt:
+        if (lt.is_text_like and rt.is_text_like) or (lt.is_time and rt.is_time) or lt == rt:
             if lt is Type.BOOL and op in ORDERING:
                 self.mismatch(span, f"`{op}` does not order booleans; use `=` or `!=`")
                 return False
@@ -463,19 +474,26 @@ class _Checker:
 
     def warn_email_capitals(self, left: ast.Value, right: ast.Value, span: Span) -> None:
         for value, literal in ((left, right), (right, left)):
-            if value.type is Type.EMAIL and isinstance(literal, ast.TextLiteral):
-                if fold(literal.value) != literal.value:
-                    self.report(
-                        d.EMAIL_CAPITALS(
-                            literal.span,
-                            literal=f'"{literal.value}"',
-                            help=f'write it in lower case: "{fold(literal.value)}"',
-                        )
+            if (
+                value.type is Type.EMAIL
+                and isinstance(literal, ast.TextLiteral)
+                and fold(literal.value) != literal.value
+            ):
+                self.report(
+                    d.EMAIL_CAPITALS(
+                        literal.span,
+                        literal=f'"{literal.value}"',
+                        help=f'write it in lower case: "{fold(literal.value)}"',
                     )
+                )
 
     def warn_constant_compare(self, op: str, left: ast.Value, right: ast.Value, span: Span) -> None:
         for value, literal, operator in ((left, right, op), (right, left, FLIPPED[op])):
-            if isinstance(literal, ast.TextLiteral) and literal.value == "" and value.type is not Type.UNKNOWN:
+            if (
+                isinstance(literal, ast.TextLiteral)
+                and literal.value == ""
+                and value.type is not Type.UNKNOWN
+            ):
                 holds = "always holds" if operator == "!=" else "never holds"
                 self.never(
                     span,
@@ -501,12 +519,16 @@ class _Checker:
         if not items:
             self.never(
                 node.span,
-                "an empty list: `in []` never holds" if not node.negated else "an empty list: `not in []` always holds",
+                "an empty list: `in []` never holds"
+                if not node.negated
+                else "an empty list: `not in []` always holds",
             )
         elif element_type is not Type.UNKNOWN and value.type is not Type.UNKNOWN:
             if value.type is Type.JSON and element_type in (Type.DATE, Type.TIMESTAMP, Type.STAGE):
                 self.mismatch(node.span, f"cannot compare json with {element_type.value}")
-            elif value.type is not Type.JSON and not self.comparable("=", value, items[0], node.span):
+            elif value.type is not Type.JSON and not self.comparable(
+                "=", value, items[0], node.span
+            ):
                 pass
             else:
                 for item in items:
@@ -521,7 +543,16 @@ class _Checker:
             if isinstance(item, ast.ListLiteral):
                 self.mismatch(item.span, "lists cannot be nested")
                 return Type.UNKNOWN
-            if not isinstance(item, (ast.TextLiteral, ast.NumberLiteral, ast.BoolLiteral, ast.TimeLiteral, ast.StageLiteral)):
+            if not isinstance(
+                item,
+                (
+                    ast.TextLiteral,
+                    ast.NumberLiteral,
+                    ast.BoolLiteral,
+                    ast.TimeLiteral,
+                    ast.StageLiteral,
+                ),
+            ):
                 self.mismatch(item.span, "list elements must be literals")
                 return Type.UNKNOWN
         if not types:
@@ -541,16 +572,28 @@ class _Checker:
         high = self.value(node.high, ctx)
         value, low = self.coerce_pair(value, low)
         value, high = self.coerce_pair(value, high)
-        if self.comparable(">=", value, low, node.span) and self.comparable("<=", value, high, node.span):
-            if isinstance(low, ast.NumberLiteral) and isinstance(high, ast.NumberLiteral) and low.value > high.value:
-                self.never(node.span, f"`between {low.value} and {high.value}` is empty: the low end is above the high end")
+        well_typed = self.comparable(">=", value, low, node.span) and self.comparable(
+            "<=", value, high, node.span
+        )
+        if (
+            well_typed
+            and isinstance(low, ast.NumberLiteral)
+            and isinstance(high, ast.NumberLiteral)
+            and low.value > high.value
+        ):
+            self.never(
+                node.span,
+                f"`between {low.value} and {high.value}` is empty: the low end is above the high end",
+            )
         return replace(node, value=value, low=low, high=high)
 
     def text_match(self, node: ast.TextMatch, ctx: _Context) -> ast.Expr:
         value = self.value(node.value, ctx)
         pattern = self.value(node.pattern, ctx)
         for side in (value, pattern):
-            if side.type is not Type.UNKNOWN and not (side.type.is_text_like or side.type is Type.JSON):
+            if side.type is not Type.UNKNOWN and not (
+                side.type.is_text_like or side.type is Type.JSON
+            ):
                 self.mismatch(
                     side.span,
                     f"`{node.op}` works on text; {_describe_value(side)} is {_article(side.type)}",
@@ -561,9 +604,12 @@ class _Checker:
 
     def matches(self, node: ast.Matches, ctx: _Context) -> ast.Expr:
         value = self.value(node.value, ctx)
-        if value.type is not Type.UNKNOWN and not (value.type.is_text_like or value.type is Type.JSON):
+        if value.type is not Type.UNKNOWN and not (
+            value.type.is_text_like or value.type is Type.JSON
+        ):
             self.mismatch(
-                value.span, f"`matches` works on text; {_describe_value(value)} is {_article(value.type)}"
+                value.span,
+                f"`matches` works on text; {_describe_value(value)} is {_article(value.type)}",
             )
         try:
             regex = compile_portable(node.pattern)
@@ -614,7 +660,9 @@ class _Checker:
         value = self.value(node.value, ctx)
         if isinstance(value, ast.ListLiteral):
             self.mismatch(value.span, "a list is not a value that can be set")
-        elif isinstance(value, ast.CountAgg) or (isinstance(value, ast.ValueAgg) and value.fn == "sum"):
+        elif isinstance(value, ast.CountAgg) or (
+            isinstance(value, ast.ValueAgg) and value.fn == "sum"
+        ):
             verdict = "always holds" if not node.negated else "never holds"
             self.never(node.span, f"`{_source_hint(value)}` is never missing, so this {verdict}")
         return replace(node, value=value)
@@ -720,8 +768,13 @@ class _Checker:
             return node
         decl = self.fields.get(node.name)
         if decl is None:
-            self.unknown(node.span, "field", node.name, self.fields,
-                         help=f"declare it: `field {node.name}: text`")
+            self.unknown(
+                node.span,
+                "field",
+                node.name,
+                self.fields,
+                help=f"declare it: `field {node.name}: text`",
+            )
             return node
         self.used_fields.add(node.name)
         declared = ast.FIELD_TYPES.get(decl.type_name, Type.UNKNOWN)
@@ -746,7 +799,9 @@ class _Checker:
                 f"{_describe_value(base)} is {_article(base.type)}",
             )
             return replace(node, value=base)
-        shifted = replace(node, value=base, type=Type.TIMESTAMP if base.type.is_time else Type.UNKNOWN)
+        shifted = replace(
+            node, value=base, type=Type.TIMESTAMP if base.type.is_time else Type.UNKNOWN
+        )
         total = 0
         cursor: ast.Value = shifted
         while isinstance(cursor, ast.TimeShift):
@@ -771,7 +826,9 @@ class _Checker:
                     d.BAD_DURATION(spec.within.span, message="`within` is at most 100000 days")
                 )
             elif spec.within.amount == 0:
-                self.never(spec.within.span, "`within 0` is an empty window: no event is ever in it")
+                self.never(
+                    spec.within.span, "`within 0` is an empty window: no event is ever in it"
+                )
         return replace(spec, where=where)
 
 

@@ -4,13 +4,13 @@ and an optional help line. Every code and its message template lives here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from nudgel.dsl.span import Span
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 
@@ -53,12 +53,17 @@ BAD_TIME_LITERAL = Code("E220", E, "invalid date or timestamp literal", "{messag
 BAD_REGEX = Code("E221", E, "regular expression outside the portable subset", "{message}")
 CYCLE = Code("E230", E, "reference cycle", "reference cycle: {cycle}")
 CONTACT_IN_EVENT_FILTER = Code(
-    "E240", E, "contact data inside an event filter", "{what} cannot be used inside an event `where`"
+    "E240",
+    E,
+    "contact data inside an event filter",
+    "{what} cannot be used inside an event `where`",
 )
 BAD_SCORE_NUMBER = Code("E250", E, "invalid number in a score", "{message}")
 BAD_DURATION = Code("E260", E, "duration out of range", "{message}")
 NEVER_OR_ALWAYS = Code("W300", W, "condition never or always holds", "{message}")
-UNUSED_FIELD = Code("W301", W, "declared field never used", "field `{name}` is declared but never used")
+UNUSED_FIELD = Code(
+    "W301", W, "declared field never used", "field `{name}` is declared but never used"
+)
 EMAIL_CAPITALS = Code(
     "W302",
     W,

@@ -20,7 +20,6 @@ from lark.exceptions import (
     UnexpectedToken,
 )
 from lark.tree import Meta
-
 from nudgel.dsl import ast
 from nudgel.dsl.diagnostics import SYNTAX, Diagnostic, InternalError
 from nudgel.dsl.span import Span
@@ -29,9 +28,43 @@ from nudgel.dsl.span import Span
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 KEYWORDS = frozenset(
-    "segment score field lifecycle when per max clamp and or not in is set event where "
-    "within count sum min max avg first last tag subscribed true false now contains "
-    "starts_with ends_with matches has between".split()
+    [
+        "segment",
+        "score",
+        "field",
+        "lifecycle",
+        "when",
+        "per",
+        "max",
+        "clamp",
+        "and",
+        "or",
+        "not",
+        "in",
+        "is",
+        "set",
+        "event",
+        "where",
+        "within",
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "first",
+        "last",
+        "tag",
+        "subscribed",
+        "true",
+        "false",
+        "now",
+        "contains",
+        "starts_with",
+        "ends_with",
+        "matches",
+        "has",
+        "between",
+    ]
 )
 
 
@@ -101,6 +134,7 @@ def scan_comments(source: str) -> list[ast.Comment]:
 def _too_deep(path: str) -> Diagnostic:
     return SYNTAX(Span.point(path, 1, 1), message="the rules are nested too deeply to read")
 
+
 _TERMINAL_NAMES = {
     "NAME": "a name",
     "KEY": "a key",
@@ -125,7 +159,7 @@ _AFTER_CONDITION = {"AND", "OR", "RBRACE", "RPAR", "RSQB", "COMMA", "NAME", "CLA
 
 
 def _describe_expected(expected: set[str]) -> str:
-    if _CONDITION_STARTERS <= expected:
+    if expected >= _CONDITION_STARTERS:
         return "a condition"
     if {"STRING", "NUMBER", "NAME", "FIELDS"} <= expected:
         return "a value"
@@ -192,8 +226,9 @@ def _syntax_diagnostic(error: UnexpectedInput, source: str, path: str) -> Diagno
         span = Span.point(path, line, column)
     elif isinstance(error, UnexpectedCharacters):
         line, column = error.line, error.column
-        char = source[error.pos_in_stream] if error.pos_in_stream < len(source) else ""
-        message = _describe_bad_character(char, source, error.pos_in_stream)
+        position = error.pos_in_stream or 0
+        char = source[position] if position < len(source) else ""
+        message = _describe_bad_character(char, source, position)
         span = Span.point(path, line, column)
     else:  # pragma: no cover - Lark raises only the three kinds above
         line, column = error.line, error.column

@@ -24,8 +24,19 @@ SUBSCRIPTION_STATUSES = frozenset({"pending", "subscribed", "unsubscribed", "bou
 TEXT_ATTRIBUTES = ("name", "phone", "whatsapp_id")
 TIME_ATTRIBUTES = ("created_at", "updated_at")
 KNOWN_KEYS = frozenset(
-    {"id", "email", *TEXT_ATTRIBUTES, *TIME_ATTRIBUTES, "stage", "tags", "subscriptions",
-     "fields", "events", "external_id", "push_tokens"}
+    {
+        "id",
+        "email",
+        *TEXT_ATTRIBUTES,
+        *TIME_ATTRIBUTES,
+        "stage",
+        "tags",
+        "subscriptions",
+        "fields",
+        "events",
+        "external_id",
+        "push_tokens",
+    }
 )
 # Numbers the database stores exactly too (PostgreSQL numeric's limits are far
 # larger; these keep arithmetic fast and bounded).
@@ -209,7 +220,7 @@ def _number(contact: str, key: str, value: object) -> int | Decimal:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise DataError(contact, key, "a finite number", str(value))
-        sign, digits, exponent = value.as_tuple()
+        _, digits, exponent = value.as_tuple()
         assert isinstance(exponent, int)
         if len(digits) > MAX_DIGITS or abs(exponent) > MAX_EXPONENT:
             raise DataError(contact, key, f"a number of at most {MAX_DIGITS} digits", str(value))

@@ -1,16 +1,16 @@
 """A compiled rule set: compile once, evaluate one contact at a time.
 
-    program = Program.compile(checked_rules)
-    result = program.evaluate(contact, now)      # every segment, score, the stage
-    program.segment("hot_leads")(contact, now)   # one segment with what it needs
-    program.dependencies[("segment", "hot_leads")]
+program = Program.compile(checked_rules)
+result = program.evaluate(contact, now)      # every segment, score, the stage
+program.segment("hot_leads")(contact, now)   # one segment with what it needs
+program.dependencies[("segment", "hot_leads")]
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,7 +28,7 @@ class ContactResult:
     stage: str | None
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_micros(now: int | datetime) -> int:
@@ -48,7 +48,9 @@ class Program:
         self.source = module.source
         namespace = dict(module.namespace)
         exec(compile(module.source, "<nudgel rules>", "exec"), namespace)
-        self._evaluate: Callable[[Contact, int], tuple[tuple[bool, ...], tuple[Decimal, ...], int | None]]
+        self._evaluate: Callable[
+            [Contact, int], tuple[tuple[bool, ...], tuple[Decimal, ...], int | None]
+        ]
         self._evaluate = namespace["evaluate"]
         self._only: dict[NodeKey, Callable[[Contact, int], Any]] = {
             node: namespace[f"only_{function_name(node)}"] for node in rules.order

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFORMANCE_DIR = Path(os.environ.get("NUDGEL_CONFORMANCE_DIR", ROOT.parent / "shared" / "conformance"))
+CONFORMANCE_DIR = Path(
+    os.environ.get("NUDGEL_CONFORMANCE_DIR", ROOT.parent / "shared" / "conformance")
+)
 LOCAL_CASES_DIR = ROOT / "tests" / "cases"
 RULES_PATH = "case.rules"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from nudgel.dsl import ast
 from nudgel.dsl.checker import check_sources
 from nudgel.dsl.diagnostics import REGISTRY, Diagnostic
@@ -33,9 +32,9 @@ def test_unknown_names_with_suggestions() -> None:
     d = only('field plan: text\nsegment s { fields.plam = "pro" }', "E200")
     assert (d.span.line, d.span.column) == (2, 13)
     assert d.message == "unknown field `plam`" and d.help == 'did you mean "plan"?'
-    assert only("segment s { score.engagment > 1 }\nscore engagement { +1 when true }", "E200").help == (
-        'did you mean "engagement"?'
-    )
+    assert only(
+        "segment s { score.engagment > 1 }\nscore engagement { +1 when true }", "E200"
+    ).help == ('did you mean "engagement"?')
     assert "fields.plan" in (only("field plan: text\nsegment s { plan is set }", "E200").help or "")
     assert "lifecycle" in (only('segment s { stage = "lead" }', "E200").help or "")
     assert "where" in (only("segment s { at > now }", "E200").help or "")
@@ -43,7 +42,9 @@ def test_unknown_names_with_suggestions() -> None:
 
 
 def test_duplicates_across_files() -> None:
-    found = check_sources({"a.rules": "segment s { true }", "b.rules": "segment s { false }"}).diagnostics
+    found = check_sources(
+        {"a.rules": "segment s { true }", "b.rules": "segment s { false }"}
+    ).diagnostics
     (d,) = found
     assert (d.code, d.span.file, d.span.line) == ("E201", "b.rules", 1)
     assert "a.rules:1" in (d.help or "")
@@ -58,14 +59,14 @@ def test_duplicates_across_files() -> None:
         "name > 5",
         "fields.b > true",
         "fields.d = 5",
-        'fields.j = fields.d',
+        "fields.j = fields.d",
         'name in [1, "a"]',
         "name = [1]",
         'fields.n contains "a"',
         'name has "a"',
         "name",
         "fields.n + 3d > now",
-        'stage = 3',
+        "stage = 3",
     ],
 )
 def test_type_mismatches(condition: str) -> None:
@@ -79,7 +80,7 @@ def test_type_mismatches(condition: str) -> None:
 @pytest.mark.parametrize(
     "condition",
     [
-        'fields.n > 1 and fields.b = false and fields.b != true',
+        "fields.n > 1 and fields.b = false and fields.b != true",
         'fields.d < "2026-01-01" and fields.t >= "2026-01-01T00:00:00+03:00" and fields.d < fields.t',
         'fields.j.a = 1 and fields.j.a = "x" and fields.j.a = true and fields.j.a > fields.j.b',
         'fields.j.langs has "sw" and fields.j.n has 5 and fields.j',
@@ -101,7 +102,9 @@ def test_well_typed_conditions(condition: str) -> None:
 
 def test_text_literals_in_time_and_stage_context_are_parsed() -> None:
     result = check_sources(
-        {"a.rules": 'field d: date\nlifecycle { lead when true }\nsegment s { fields.d < "2026-01-02" and stage = "lead" }'}
+        {
+            "a.rules": 'field d: date\nlifecycle { lead when true }\nsegment s { fields.d < "2026-01-02" and stage = "lead" }'
+        }
     )
     assert result.rules is not None
     body = result.rules.segments["s"].body
@@ -109,11 +112,21 @@ def test_text_literals_in_time_and_stage_context_are_parsed() -> None:
     date, stage = body.items
     assert isinstance(date, ast.Compare) and isinstance(date.right, ast.TimeLiteral)
     assert date.right.micros == 1767312000 * 10**6
-    assert isinstance(stage, ast.Compare) and stage.right == ast.StageLiteral("lead", 0, type=ast.Type.STAGE)
+    assert isinstance(stage, ast.Compare) and stage.right == ast.StageLiteral(
+        "lead", 0, type=ast.Type.STAGE
+    )
 
 
 @pytest.mark.parametrize(
-    "literal", ['"2026-13-01T00:00:00Z"', '"2026-01-01T00:00:00"', '"2026-02-30"', '"2026-01-01T24:00:00Z"', '"yesterday"', '"2026-06-30T23:59:60Z"']
+    "literal",
+    [
+        '"2026-13-01T00:00:00Z"',
+        '"2026-01-01T00:00:00"',
+        '"2026-02-30"',
+        '"2026-01-01T24:00:00Z"',
+        '"yesterday"',
+        '"2026-06-30T23:59:60Z"',
+    ],
 )
 def test_invalid_time_literals(literal: str) -> None:
     d = only(f"field t: timestamp\nsegment s {{ fields.t > {literal} }}", "E220")
@@ -126,7 +139,9 @@ def test_regex_errors_point_into_the_pattern() -> None:
 
 
 def test_cycles_name_the_cycle() -> None:
-    d = only("segment a { in segment b }\nsegment b { in segment c }\nsegment c { in segment a }", "E230")
+    d = only(
+        "segment a { in segment b }\nsegment b { in segment c }\nsegment c { in segment a }", "E230"
+    )
     assert "segment `a` -> segment `b` -> segment `c` -> segment `a`" in d.message
     assert codes("segment a { in segment a }") == ["E230"]
     assert codes('lifecycle { x when stage = "x" }') == ["E230"]
@@ -134,7 +149,15 @@ def test_cycles_name_the_cycle() -> None:
 
 
 def test_contact_data_inside_event_filters() -> None:
-    for inner in ('email = "a"', 'tag "x"', "fields.n > 1", "score.s > 1", "in segment t", 'event "x"', "stage is set"):
+    for inner in (
+        'email = "a"',
+        'tag "x"',
+        "fields.n > 1",
+        "score.s > 1",
+        "in segment t",
+        'event "x"',
+        "stage is set",
+    ):
         text = (
             "field n: number\nscore s { +1 when true }\nsegment t { true }\nlifecycle { a when true }\n"
             f'segment q {{ event "p" where ({inner}) }}'
@@ -157,7 +180,7 @@ def test_warnings() -> None:
     assert codes('segment s { name = "" }') == ["W300"]
     assert codes("segment s { name in [] }") == ["W300"]
     assert codes("segment s { fields.n between 5 and 1 }\nfield n: number") == ["W300"]
-    assert codes('field plan: text\nsegment s { true }') == ["W301"]
+    assert codes("field plan: text\nsegment s { true }") == ["W301"]
     d = only('segment s { email = "Ada@Example.com" }', "W302")
     assert d.help == 'write it in lower case: "ada@example.com"'
     assert codes('segment s { email in ["a@x.com", "B@x.com"] }') == ["W302"]
@@ -171,11 +194,15 @@ def test_all_errors_of_a_rule_set_are_reported() -> None:
 
 def test_evaluation_order_puts_dependencies_first() -> None:
     result = check_sources(
-        {"a.rules": 'segment b { in segment a and score.e > 1 }\nsegment a { stage = "x" }\nscore e { +1 when true }\nlifecycle { x when score.e > 0 }'}
+        {
+            "a.rules": 'segment b { in segment a and score.e > 1 }\nsegment a { stage = "x" }\nscore e { +1 when true }\nlifecycle { x when score.e > 0 }'
+        }
     )
     assert result.rules is not None
     order = list(result.rules.order)
-    assert order.index(("score", "e")) < order.index(("lifecycle", "")) < order.index(("segment", "a"))
+    assert (
+        order.index(("score", "e")) < order.index(("lifecycle", "")) < order.index(("segment", "a"))
+    )
     assert order.index(("segment", "a")) < order.index(("segment", "b"))
 
 

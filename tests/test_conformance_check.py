@@ -4,7 +4,6 @@ expectation holds, and every other case's rules check without errors."""
 from __future__ import annotations
 
 import pytest
-
 from conformance import LOCAL_CASES_DIR, RULES_PATH, Case, load_cases
 from nudgel.dsl.checker import check_sources
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from conformance import LOCAL_CASES_DIR, RULES_PATH, Case, load_cases
 from nudgel.dsl.checker import CheckedRules, check_sources
 from nudgel.dsl.timeparse import parse_timestamp
@@ -44,7 +43,10 @@ def assert_expectations(case: Case, outcome: EvalResult | DataError) -> None:
     expected_error = case.expect.get("data_error")
     if expected_error is not None:
         assert isinstance(outcome, DataError), f"expected a data error, got {outcome}"
-        assert (outcome.contact, outcome.field) == (expected_error["contact"], expected_error["field"])
+        assert (outcome.contact, outcome.field) == (
+            expected_error["contact"],
+            expected_error["field"],
+        )
         return
     assert not isinstance(outcome, DataError), str(outcome)
     document: dict[str, Any] = outcome.to_json()

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-
 from nudgel.dsl.checker import check_sources
 from nudgel.runtime.contact import load_contacts
 from nudgel.runtime.pgload import load_contacts_into
@@ -46,9 +45,17 @@ def scenarios(draw: st.DrawFn) -> tuple[RuleSet, str, list[dict[str, Any]]]:
     return rule_set, now, records
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@settings(
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ]
+)
 @given(scenarios())
-def test_backends_agree(pg: psycopg.Connection[Any], scenario: tuple[RuleSet, str, list[dict[str, Any]]]) -> None:
+def test_backends_agree(
+    pg: psycopg.Connection[Any], scenario: tuple[RuleSet, str, list[dict[str, Any]]]
+) -> None:
     rule_set, now_text, records = scenario
     note(rule_set.source)
     checked = check_sources(rule_set.sources)
@@ -59,6 +66,8 @@ def test_backends_agree(pg: psycopg.Connection[Any], scenario: tuple[RuleSet, st
     now = micros(now_text)
 
     in_memory = Program.compile(rules).evaluate_all(loaded, now).to_json()
-    workspace = load_contacts_into(pg, loaded, workspace=f"diff{next(_workspaces)}", field_types=field_types)
+    workspace = load_contacts_into(
+        pg, loaded, workspace=f"diff{next(_workspaces)}", field_types=field_types
+    )
     in_postgres = run_everything(pg, rules, workspace, now).to_json()
     assert in_postgres == in_memory

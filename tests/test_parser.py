@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from nudgel.dsl import ast
 from nudgel.dsl.parser import parse
 
@@ -43,7 +42,10 @@ def test_between_inside_an_and_chain() -> None:
     assert isinstance(expr, ast.AndExpr)
     between, tag = expr.items
     assert isinstance(between, ast.Between) and not between.negated
-    assert (between.low, between.high) == (ast.NumberLiteral(Decimal(1)), ast.NumberLiteral(Decimal(2)))
+    assert (between.low, between.high) == (
+        ast.NumberLiteral(Decimal(1)),
+        ast.NumberLiteral(Decimal(2)),
+    )
     assert tag == ast.TagTest("y")
 
 
@@ -64,7 +66,7 @@ def test_between_inside_an_and_chain() -> None:
 def test_negated_forms(text: str, node: type, negated: bool) -> None:
     expr = body(text)
     assert isinstance(expr, node)
-    assert getattr(expr, "negated") is negated
+    assert expr.negated is negated
 
 
 def test_json_paths_allow_keywords_and_quoted_keys() -> None:
@@ -91,7 +93,10 @@ def test_score_rules_follow_expressions_ending_in_time() -> None:
     assert isinstance(second, ast.ScoreWhen) and isinstance(second.condition, ast.Compare)
     shift = second.condition.right
     assert isinstance(shift, ast.TimeShift) and shift.offset_seconds == -30 * 86400
-    assert score.clamp is not None and (score.clamp.low, score.clamp.high) == (Decimal(-1), Decimal(10))
+    assert score.clamp is not None and (score.clamp.low, score.clamp.high) == (
+        Decimal(-1),
+        Decimal(10),
+    )
 
 
 def test_events_and_aggregates() -> None:
@@ -152,4 +157,4 @@ def test_strings_cannot_hold_nul() -> None:
 
 
 def test_durations_are_units_not_names() -> None:
-    assert error("segment s { event \"x\" within 30days }")[2].startswith("unexpected")
+    assert error('segment s { event "x" within 30days }')[2].startswith("unexpected")
