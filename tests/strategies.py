@@ -30,6 +30,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache, lru_cache
 from typing import Any, Literal, TypeVar
 
 from hypothesis import strategies as st
@@ -188,11 +189,11 @@ class _Writer:
     # -- primitives
 
     def pick(self, options: Sequence[T]) -> T:
-        return self.draw(st.sampled_from(options))
+        return options[self.draw(_ints(0, len(options) - 1))]
 
     def chance(self, p: float = 0.5) -> bool:
         # Integers shrink towards the first option; weighted by p.
-        return self.draw(st.integers(0, 99)) < int(p * 100)
+        return self.draw(_ints(0, 99)) < int(p * 100)
 
     def comment(self) -> str:
         text = ("# " + self.pick(_COMMENT_TEXTS) + f" c{len(self.comments)}").rstrip()
@@ -248,12 +249,7 @@ class _Writer:
     # -- literals
 
     def number_literal(self) -> str:
-        value = self.draw(
-            st.one_of(
-                st.sampled_from([0, 1, 2, 5, 10, 50, 100, 100000, 2**53 + 1, -1, -5]),
-                st.integers(-1000, 1000),
-            )
-        )
+        value = self.draw(_LITERAL_INTS)
         scale = self.pick([0, 0, 1, 2])
         return self.signed_number(Decimal(value).scaleb(-scale))
 
@@ -261,7 +257,7 @@ class _Writer:
         return self.string(self.pick(TEXTS))
 
     def list_of(self, item: Callable[[], str], max_size: int = 3) -> str:
-        size = self.draw(st.integers(0, max_size))
+        size = self.draw(_ints(0, max_size))
         items = [item() for _ in range(size)]
         inner = ("," + self.gap(" ")).join(x + self.gap() for x in items)
         return "[" + self.gap() + inner + "]"
@@ -276,7 +272,7 @@ class _Writer:
             return head
         name = self.pick(scope.fields_of("json"))
         path = "fields" + self.gap() + "." + self.gap() + name
-        for _ in range(self.draw(st.integers(0, 2))):
+        for _ in range(self.draw(_ints(0, 2))):
             path += self.gap() + "." + self.gap() + self.key(JSON_KEYS)
         return path
 
@@ -499,7 +495,7 @@ class _Writer:
                 operand = self.parens(operand)
             return "not" + self.sp() + operand, "not"
         items = []
-        for _ in range(self.draw(st.integers(2, 4))):
+        for _ in range(self.draw(_ints(2, 4))):
             text, item_kind = self.compound(scope, depth - 1)
             # Parentheses the tree needs; sometimes ones it does not.
             needed = item_kind == "or" or (item_kind == "and" and kind == "and")
@@ -514,7 +510,7 @@ class _Writer:
     # -- declarations
 
     def points(self) -> str:
-        value = Decimal(self.draw(st.integers(0, 50))).scaleb(-self.pick([0, 0, 1, 2]))
+        value = Decimal(self.draw(_ints(0, 50))).scaleb(-self.pick([0, 0, 1, 2]))
         sign = self.pick(["+", "-", "+", ""])
         if sign == "" and not self.messy:
             sign = "+"
@@ -522,18 +518,18 @@ class _Writer:
 
     def score(self, name: str, scope: _Scope) -> str:
         rules = []
-        for _ in range(self.draw(st.integers(0, 4))):
+        for _ in range(self.draw(_ints(0, 4))):
             if self.chance():
                 rule = self.points() + self.sp() + "per" + self.sp() + self.event(scope)
                 if self.chance(0.4):
-                    cap = Decimal(self.draw(st.integers(1, 100))).scaleb(-self.pick([0, 1]))
+                    cap = Decimal(self.draw(_ints(1, 100))).scaleb(-self.pick([0, 1]))
                     rule += self.sp() + "max" + self.sp() + self.number(cap)
             else:
                 rule = self.points() + self.sp() + "when" + self.sp() + self.condition(scope)
             rules.append(rule)
         if self.chance(0.4):
-            low = self.draw(st.integers(-100, 100))
-            high = low + self.draw(st.integers(0, 200))
+            low = self.draw(_ints(-100, 100))
+            high = low + self.draw(_ints(0, 200))
             low_text = self.signed_number(Decimal(low))
             high_text = self.signed_number(Decimal(high))
             rules.append(
@@ -568,6 +564,19 @@ class _Writer:
         return "lifecycle" + self.sp() + "{" + "".join(lines) + self.sp() + "}"
 
 
+@cache
+def _ints(low: int, high: int) -> SearchStrategy[int]:
+    # Built once per range: building strategies on every draw is slow.
+    return st.integers(low, high)
+
+
+_LITERAL_INTS = st.one_of(
+    st.sampled_from([0, 1, 2, 5, 10, 50, 100, 100000, 2**53 + 1, -1, -5]),
+    st.integers(-1000, 1000),
+)
+_STAGE_SUBSETS = st.lists(st.sampled_from(STAGE_NAMES), unique=True, max_size=4)
+
+
 class _Unavailable(Exception):
     """No value of that type can be written in this scope."""
 
@@ -592,15 +601,15 @@ def rule_sets(
                 declared[name] = type_name
     # Segments and scores only refer to earlier ones, so there is no cycle;
     # those after the lifecycle block may use `stage`, the block itself not.
-    n_segments = draw(st.integers(1, 4))
-    n_scores = draw(st.integers(0, 2))
+    n_segments = draw(_ints(1, 4))
+    n_scores = draw(_ints(0, 2))
     kinds = ["segment"] * n_segments + ["score"] * n_scores
     order = draw(st.permutations(kinds))
     with_lifecycle = writer.chance(0.6)
-    lifecycle_at = draw(st.integers(0, len(order))) if with_lifecycle else -1
+    lifecycle_at = draw(_ints(0, len(order))) if with_lifecycle else -1
     stages: tuple[str, ...] | None = None
     if with_lifecycle:
-        chosen = draw(st.lists(st.sampled_from(STAGE_NAMES), unique=True, max_size=4))
+        chosen = draw(_STAGE_SUBSETS)
         stages = tuple(s for s in STAGE_NAMES if s in chosen)
     scope = _Scope(dict(declared), [], [], None)
     declarations: list[str] = []
@@ -623,7 +632,7 @@ def rule_sets(
             scope.scores.append(name)
     # Field declarations anywhere: names are global to the rule set.
     for name, type_name in declared.items():
-        position = draw(st.integers(0, len(declarations))) if messy else 0
+        position = draw(_ints(0, len(declarations))) if messy else 0
         text = "field" + writer.sp() + name + writer.gap() + ":" + writer.gap(" ") + type_name
         declarations.insert(position, text)
     separator = "\n\n" if not messy else ""
@@ -707,93 +716,83 @@ def _civil_from_days(days: int) -> tuple[int, int, int]:
 
 
 # ---- contacts ------------------------------------------------------------------------
+#
+# Strategies are built once (module constants, or cached per `now`): building
+# and validating them on every draw made generation many times slower.
 
 _OFFSETS = (0, 0, 0, 180, -330, 60, 345, -720)
 _BIG_INTS = (2**53, 2**53 + 1, -(2**53) - 1, 2**63, 10**30, -(10**25))
+_STYLES = ("Z", "Z", "Z", "z", "offset", "nanos", "nanos999", "nanos500")
 
-
-def _decimals() -> SearchStrategy[Decimal]:
-    return st.builds(
+_NUMBERS: SearchStrategy[int | Decimal] = st.one_of(
+    st.sampled_from([0, 1, 2, 5, 10, 49, 50, 51, 100, 100000, -1]),
+    st.integers(-1000, 1000),
+    st.sampled_from(_BIG_INTS),
+    st.builds(
         lambda n, k: Decimal(n).scaleb(-k),
         st.integers(-(10**8), 10**8),
         st.sampled_from([1, 2, 3, 12]),
-    )
-
-
-def _numbers() -> SearchStrategy[int | Decimal]:
-    return st.one_of(
-        st.sampled_from([0, 1, 2, 5, 10, 49, 50, 51, 100, 100000, -1]),
-        st.integers(-1000, 1000),
-        st.sampled_from(_BIG_INTS),
-        _decimals(),
-        st.sampled_from(
-            [Decimal("0.1"), Decimal("0.2"), Decimal("0.30"), Decimal("12.50"), Decimal("-0.001")]
-        ),
-    )
-
-
-def _texts() -> SearchStrategy[str]:
-    return st.one_of(
-        st.sampled_from(TEXTS),
-        st.sampled_from(
-            ("", " ", "É", "é", "ß", "İ", "i̇", "\u212a", "K", "😀", "Σ", "σ", "ς", "5", "true")
-        ),
-        st.text(
-            st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-            max_size=8,
-        ),
-    )
-
-
-def _json_values() -> SearchStrategy[Any]:
-    scalars = st.one_of(
+    ),
+    st.sampled_from(
+        [Decimal("0.1"), Decimal("0.2"), Decimal("0.30"), Decimal("12.50"), Decimal("-0.001")]
+    ),
+)
+_TEXTS: SearchStrategy[str] = st.one_of(
+    st.sampled_from(TEXTS),
+    st.sampled_from(
+        ("", " ", "É", "é", "ß", "İ", "i̇", "\u212a", "K", "😀", "Σ", "σ", "ς", "5", "true")
+    ),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8),
+)
+_JSON_VALUES: SearchStrategy[Any] = st.recursive(
+    st.one_of(
         st.none(),
         st.booleans(),
-        _numbers(),
+        _NUMBERS,
         st.sampled_from(["5", "dark", "sw", "en", "", "true", "KES", "Zoë", "😀"]),
-        _texts(),
-    )
-    return st.recursive(
-        scalars,
-        lambda inner: st.one_of(
-            st.lists(inner, max_size=4),
-            st.dictionaries(st.sampled_from(JSON_KEYS + PROPS_KEYS + ("sku",)), inner, max_size=4),
+        _TEXTS,
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from((*JSON_KEYS, *PROPS_KEYS, "sku")), inner, max_size=4),
+    ),
+    max_leaves=8,
+)
+_JSON_OBJECTS = st.fixed_dictionaries({}, optional=dict.fromkeys(JSON_KEYS, _JSON_VALUES))
+_JSON_FIELD = st.one_of(_JSON_OBJECTS, _JSON_OBJECTS, _JSON_VALUES)
+_PROPS: SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {},
+    optional={
+        "amount": st.one_of(_NUMBERS, st.sampled_from(["5", None, True, ""])),
+        "currency": st.sampled_from(["KES", "kes", "USD", "", None, 5]),
+        "item": st.one_of(
+            st.fixed_dictionaries({}, optional={"sku": st.sampled_from(["A1", "a1", "", 7])}),
+            _JSON_VALUES,
         ),
-        max_leaves=8,
-    )
+        "tags": st.one_of(
+            st.lists(st.sampled_from(["x", "sale", "5", 5, True]), max_size=3), _JSON_VALUES
+        ),
+        "count": _NUMBERS,
+        "n": _JSON_VALUES,
+    },
+)
+_MAYBE_PROPS = st.one_of(st.none(), _PROPS, _PROPS)
+_EVENT_NAMES = st.sampled_from((*EVENT_NAMES, "Purchase", "signup"))
+_EMAILS = st.sampled_from(EMAILS)
+_PHONES = st.sampled_from(["+254712345678", "+254 712", "", "+1"])
+_WHATSAPP_IDS = st.sampled_from(["254712345678", ""])
+_TAG_LISTS = st.lists(st.sampled_from((*TAGS, "Premium", "ke", "İ")), unique=True, max_size=4)
+_SUBSCRIPTIONS = st.dictionaries(
+    st.sampled_from((*LISTS, "Newsletter")), st.sampled_from(SUBSCRIPTION_STATUSES), max_size=3
+)
+_IDS = st.one_of(
+    st.integers(0, 99).map(lambda n: f"c{n}"),
+    st.sampled_from(["C1", "É1", "c_é", "z", "Z", "😀", "ß"]),
+)
 
 
-def _field_value(kind: Type, now: int) -> SearchStrategy[Any]:
-    if kind in (Type.TEXT, Type.URL):
-        return _texts()
-    if kind is Type.EMAIL:
-        return st.one_of(st.sampled_from(EMAILS), _texts())
-    if kind is Type.NUMBER:
-        return _numbers()
-    if kind is Type.BOOL:
-        return st.booleans()
-    if kind is Type.DATE:
-        near_now = st.integers(-3, 3).map(
-            lambda d: _date(now // MICROS_PER_DAY * MICROS_PER_DAY + d * MICROS_PER_DAY)
-        )
-        return st.one_of(st.sampled_from(DATE_LITERALS), near_now)
-    if kind is Type.TIMESTAMP:
-        return _instants(now, DURATIONS)
-    if kind is Type.JSON:
-        objects = st.fixed_dictionaries(
-            {},
-            optional={key: _json_values() for key in JSON_KEYS},
-        )
-        return st.one_of(objects, objects, _json_values())
-    raise AssertionError(kind)
-
-
-def _date(value: int) -> str:
-    year, month, day = _civil_from_days(value // MICROS_PER_DAY)
-    return f"{year:04d}-{month:02d}-{day:02d}"
-
-
-def _instants(now: int, durations: Sequence[str]) -> SearchStrategy[str]:
+@lru_cache(maxsize=64)
+def _instants(now: int, durations: tuple[str, ...]) -> SearchStrategy[str]:
     """Instants on and around the windows' edges: now - D, one microsecond
     either side, now itself, the near future, and anywhere."""
     windows = [int(d[:-1]) * DURATION_SECONDS[d[-1]] * MICROS_PER_SECOND for d in durations]
@@ -808,38 +807,43 @@ def _instants(now: int, durations: Sequence[str]) -> SearchStrategy[str]:
         format_instant,
         st.one_of(edges, edges, around_now, anywhere),
         st.sampled_from(_OFFSETS),
-        st.sampled_from(["Z", "Z", "Z", "z", "offset", "nanos", "nanos999", "nanos500"]),
+        st.sampled_from(_STYLES),
     )
 
 
-def _props(now: int) -> SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries(
-        {},
-        optional={
-            "amount": st.one_of(_numbers(), st.sampled_from(["5", None, True, ""])),
-            "currency": st.sampled_from(["KES", "kes", "USD", "", None, 5]),
-            "item": st.one_of(
-                st.fixed_dictionaries({}, optional={"sku": st.sampled_from(["A1", "a1", "", 7])}),
-                _json_values(),
-            ),
-            "tags": st.one_of(
-                st.lists(st.sampled_from(["x", "sale", "5", 5, True]), max_size=3), _json_values()
-            ),
-            "count": _numbers(),
-            "n": _json_values(),
-        },
-    )
+@lru_cache(maxsize=256)
+def _field_value(kind: Type, now: int) -> SearchStrategy[Any]:
+    if kind in (Type.TEXT, Type.URL):
+        return _TEXTS
+    if kind is Type.EMAIL:
+        return st.one_of(_EMAILS, _TEXTS)
+    if kind is Type.NUMBER:
+        return _NUMBERS
+    if kind is Type.BOOL:
+        return st.booleans()
+    if kind is Type.DATE:
+        today = now // MICROS_PER_DAY * MICROS_PER_DAY
+        near_now = st.integers(-3, 3).map(lambda d: _date(today + d * MICROS_PER_DAY))
+        return st.one_of(st.sampled_from(DATE_LITERALS), near_now)
+    if kind is Type.TIMESTAMP:
+        return _instants(now, DURATIONS)
+    if kind is Type.JSON:
+        return _JSON_FIELD
+    raise AssertionError(kind)
+
+
+def _date(value: int) -> str:
+    year, month, day = _civil_from_days(value // MICROS_PER_DAY)
+    return f"{year:04d}-{month:02d}-{day:02d}"
 
 
 @st.composite
-def _events(draw: DrawFn, now: int, durations: Sequence[str]) -> list[dict[str, Any]]:
+def _events(draw: DrawFn, now: int, durations: tuple[str, ...]) -> list[dict[str, Any]]:
     events = []
-    for _ in range(draw(st.integers(0, 6))):
-        event: dict[str, Any] = {
-            "name": draw(st.sampled_from((*EVENT_NAMES, "Purchase", "signup"))),
-            "at": draw(_instants(now, durations)),
-        }
-        props = draw(st.one_of(st.none(), _props(now), _props(now)))
+    instants = _instants(now, durations)
+    for _ in range(draw(_ints(0, 6))):
+        event: dict[str, Any] = {"name": draw(_EVENT_NAMES), "at": draw(instants)}
+        props = draw(_MAYBE_PROPS)
         if props is not None or draw(st.booleans()):
             event["props"] = props
         events.append(event)
@@ -858,42 +862,36 @@ def contact(
 ) -> dict[str, Any]:
     """One contact record (spec §12) that the loader accepts."""
     instant = micros(now if now is not None else draw(now_instants()))
+    windows = tuple(durations)
     record: dict[str, Any] = {"id": contact_id}
 
-    def maybe(key: str, strategy: SearchStrategy[Any], null: bool = True) -> None:
+    def maybe(key: str, strategy: SearchStrategy[Any]) -> None:
         # Absent, null or a value.
-        choice = draw(st.integers(0, 5))
+        choice = draw(_ints(0, 5))
         if choice == 0:
             return
-        record[key] = None if choice == 1 and null else draw(strategy)
+        record[key] = None if choice == 1 else draw(strategy)
 
-    maybe("email", st.sampled_from(EMAILS))
-    maybe("name", _texts())
-    maybe("phone", st.sampled_from(["+254712345678", "+254 712", "", "+1"]))
-    maybe("whatsapp_id", st.sampled_from(["254712345678", ""]))
-    maybe("created_at", _instants(instant, durations))
-    maybe("updated_at", _instants(instant, durations))
+    maybe("email", _EMAILS)
+    maybe("name", _TEXTS)
+    maybe("phone", _PHONES)
+    maybe("whatsapp_id", _WHATSAPP_IDS)
+    maybe("created_at", _instants(instant, windows))
+    maybe("updated_at", _instants(instant, windows))
     if stage_names:
-        maybe("stage", st.sampled_from(list(stage_names)))
-    maybe("tags", st.lists(st.sampled_from((*TAGS, "Premium", "ke", "İ")), unique=True, max_size=4))
-    maybe(
-        "subscriptions",
-        st.dictionaries(
-            st.sampled_from((*LISTS, "Newsletter")),
-            st.sampled_from(SUBSCRIPTION_STATUSES),
-            max_size=3,
-        ),
-    )
+        maybe("stage", st.sampled_from(tuple(stage_names)))
+    maybe("tags", _TAG_LISTS)
+    maybe("subscriptions", _SUBSCRIPTIONS)
     types = {name: Type(t) for name, t in field_types.items()}
-    if types and draw(st.integers(0, 5)) > 0:
+    if types and draw(_ints(0, 5)) > 0:
         values: dict[str, Any] = {}
         for name, kind in types.items():
-            choice = draw(st.integers(0, 4))
+            choice = draw(_ints(0, 4))
             if choice == 0:
                 continue
             values[name] = None if choice == 1 else draw(_field_value(kind, instant))
         record["fields"] = values
-    maybe("events", _events(instant, durations))
+    maybe("events", _events(instant, windows))
     return record
 
 
@@ -909,18 +907,8 @@ def contacts(
     max_size: int = 8,
 ) -> list[dict[str, Any]]:
     """Contact records with unique ids (some non-ASCII, to test id order)."""
-    size = draw(st.integers(min_size, max_size))
-    ids = draw(
-        st.lists(
-            st.one_of(
-                st.integers(0, 99).map(lambda n: f"c{n}"),
-                st.sampled_from(["C1", "É1", "c_é", "z", "Z", "😀", "ß"]),
-            ),
-            min_size=size,
-            max_size=size,
-            unique=True,
-        )
-    )
+    size = draw(_ints(min_size, max_size))
+    ids = draw(st.lists(_IDS, min_size=size, max_size=size, unique=True))
     return [
         draw(contact(field_types, stage_names, contact_id=contact_id, now=now, durations=durations))
         for contact_id in ids

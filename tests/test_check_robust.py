@@ -221,6 +221,8 @@ def test_generated_rule_sets_check_without_errors(rule_set: RuleSet) -> None:
     assert {name: f.type_name for name, f in result.rules.fields.items()} == dict(rule_set.fields)
 
 
+# Contacts are costly to draw, and the backend suites draw plenty of them.
+@settings(max_examples=max(10, settings.default.max_examples // 3))
 @given(st.data())
 def test_generated_contacts_load(data: st.DataObject) -> None:
     rule_set = data.draw(rule_sets(layout="tidy"))
