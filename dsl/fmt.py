@@ -57,12 +57,19 @@ Comments
     before a closing ``}``, ``)`` or ``]`` stays inside the block, at the
     block's indentation. Comments never separate an opening ``{``, ``(`` or
     ``[`` from what precedes it: one written just before it moves just after
-    it (``segment s { # note``). A comment always ends its line, so code that followed
-    a token with a trailing comment moves to the next line, and any condition
-    holding a comment is broken one operand per line. Between declarations and
-    at the end of the file, a blank line around comments is kept (at most
-    one); elsewhere blank lines are dropped. Trailing whitespace is removed
-    and the file ends with exactly one newline.
+    it (``segment s { # note``). A comment always ends its line: a condition
+    holding a comment is broken one operand per line, and code that must
+    follow a comment where the layout has no line break (``count(event # x``)
+    continues on the next line, 2 spaces deeper than the line it continues (a
+    closing bracket goes back to its block's indentation). Between
+    declarations and at the end of the file, a blank line around comments is
+    kept (at most one); elsewhere blank lines are dropped. Trailing whitespace
+    is removed and the file ends with exactly one newline (an empty file
+    stays empty).
+
+``rulec fmt PATH... [--check]`` (spec §13) rewrites each file that is not in
+this layout; with ``--check`` it rewrites nothing and exits 1 when a file
+would change. A file that does not parse raises ``FormatError`` here.
 """
 
 from __future__ import annotations
