@@ -260,6 +260,31 @@ def test_canonical_spacing_and_numbers(source: str, expected: str) -> None:
     assert body(source) == expected
 
 
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "[]",
+        '"x"',
+        "5",
+        "-5",
+        "now - 1d",
+        "[1, [2, []]] in []",
+        "count(event *) has [1]",
+        "at",
+        "props.x",
+        '"2026-01-01" + 1d > now',
+        "true = false",
+        "x between [1] and [] and y",
+        "not not not x",
+        "5 - 3d",
+        "score.x is not set",
+        "stage",
+    ],
+)
+def test_conditions_that_parse_but_do_not_check_are_formatted(condition: str) -> None:
+    assert body(condition) == condition
+
+
 def test_between_inside_an_and_chain() -> None:
     assert body('fields.n between 1 and 2 and tag "x"') == 'fields.n between 1 and 2 and tag "x"'
     long = " and ".join(f"fields.n{i} between {i} and {i + 1000000}" for i in range(5))
