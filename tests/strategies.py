@@ -18,6 +18,9 @@ evaluate at.
   the window boundaries of ``now``, at ``now`` and in the future.
   ``contact(...)`` draws one record.
 - ``now_instants()`` -> RFC 3339 text of a few fixed instants.
+- ``mutated(source)`` -> ``source`` after a few random character or token
+  edits (deletions, insertions of language tokens and near-misses,
+  duplications, swaps, truncation): mostly broken rule files.
 
 Names come from a small fixed vocabulary (``EVENT_NAMES``, ``TAGS``,
 ``LISTS``, ``FIELD_NAMES``, ``STAGE_NAMES``, ``PROPS_KEYS``...) so that
@@ -27,6 +30,7 @@ generated contacts actually meet generated rules.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -661,6 +665,55 @@ def rule_sets_with_comments(
     layout: Literal["tidy", "messy"] | None = None,
 ) -> SearchStrategy[RuleSet]:
     return rule_sets(comments=True, layout=layout)
+
+
+# ---- broken rule files ---------------------------------------------------------------
+
+# Tokens of the language and near-misses, for ``mutated``'s insertions.
+_WORDS = (
+    "segment score field lifecycle when per max clamp and or not in is set event where "
+    "within count sum min max avg first last tag subscribed true false now contains "
+    "starts_with ends_with matches has between fields props stage at text number bool date "
+    "timestamp email url json"
+)
+TOKENS = (
+    *_WORDS.split(),
+    "{", "}", "(", ")", "[", "]", ",", ".", "..", ":", "=", "!=", "<", "<=", ">", ">=",
+    "+", "-", "*", '"', "\\", "#", "\n", " ", "\t", "\r",
+    "0", "-1", "1.5", "1e5", "007", "99999999999999999999999", "30d", "0d", "99999999999w",
+    "- 30d", '""', '"x"', '"\\u0000"', '"\\ud800"', '"\\uDFFF"', '"\\q"', '"2026-02-30"',
+    '"2026-06-01T12:00:00"', '"(?<=a)b"', '"\\\\b"', '"["', '"{,3}"', "Plan", "É", "😀",
+    "\x00", "\ufeff", "\u2028", "\x0b",
+)  # fmt: skip
+
+_LEXEMES = re.compile(r'"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|[0-9.]+[a-z]?|\s+|.', re.DOTALL)
+
+
+_EDITS = st.sampled_from(["delete", "insert", "duplicate", "swap", "truncate"])
+_INSERTIONS = st.sampled_from(TOKENS) | st.characters()
+
+
+@st.composite
+def mutated(draw: DrawFn, source: str) -> str:
+    """``source`` broken by a few character or token edits."""
+    for _ in range(draw(_ints(1, 4))):
+        by_token = draw(st.booleans())
+        pieces = (_LEXEMES.findall(source) if by_token else list(source)) or [""]
+        index = draw(_ints(0, len(pieces) - 1))
+        edit = draw(_EDITS)
+        if edit == "delete":
+            del pieces[index]
+        elif edit == "insert":
+            pieces.insert(index, draw(_INSERTIONS))
+        elif edit == "duplicate":
+            pieces.insert(index, pieces[index])
+        elif edit == "swap":
+            other = draw(_ints(0, len(pieces) - 1))
+            pieces[index], pieces[other] = pieces[other], pieces[index]
+        else:
+            pieces = pieces[:index]
+        source = "".join(pieces)
+    return source
 
 
 # ---- instants ------------------------------------------------------------------------

@@ -6,7 +6,6 @@ check without errors and generated contacts load."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -18,51 +17,17 @@ from hypothesis import strategies as st
 from nudgel.dsl.checker import check_sources
 from nudgel.dsl.diagnostics import Diagnostic
 from nudgel.runtime.contact import load_contacts
-from strategies import RuleSet, contacts, now_instants, rule_sets, rule_sets_with_comments
+from strategies import (
+    TOKENS,
+    RuleSet,
+    contacts,
+    mutated,
+    now_instants,
+    rule_sets,
+    rule_sets_with_comments,
+)
 
 # ---- text to throw at the front end -----------------------------------------------------
-
-# Tokens of the language and near-misses, for insertions.
-_WORDS = (
-    "segment score field lifecycle when per max clamp and or not in is set event where "
-    "within count sum min max avg first last tag subscribed true false now contains "
-    "starts_with ends_with matches has between fields props stage at text number bool date "
-    "timestamp email url json"
-)
-_TOKENS = (
-    *_WORDS.split(),
-    "{", "}", "(", ")", "[", "]", ",", ".", "..", ":", "=", "!=", "<", "<=", ">", ">=",
-    "+", "-", "*", '"', "\\", "#", "\n", " ", "\t", "\r",
-    "0", "-1", "1.5", "1e5", "007", "99999999999999999999999", "30d", "0d", "99999999999w",
-    "- 30d", '""', '"x"', '"\\u0000"', '"\\ud800"', '"\\uDFFF"', '"\\q"', '"2026-02-30"',
-    '"2026-06-01T12:00:00"', '"(?<=a)b"', '"\\\\b"', '"["', '"{,3}"', "Plan", "É", "😀",
-    "\x00", "\ufeff", "\u2028", "\x0b",
-)  # fmt: skip
-
-_LEXEMES = re.compile(r'"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|[0-9.]+[a-z]?|\s+|.', re.DOTALL)
-
-
-@st.composite
-def mutated(draw: st.DrawFn, source: str) -> str:
-    """``source`` broken by a few character or token edits."""
-    for _ in range(draw(st.integers(1, 4))):
-        by_token = draw(st.booleans())
-        pieces = (_LEXEMES.findall(source) if by_token else list(source)) or [""]
-        index = draw(st.integers(0, len(pieces) - 1))
-        edit = draw(st.sampled_from(["delete", "insert", "duplicate", "swap", "truncate"]))
-        if edit == "delete":
-            del pieces[index]
-        elif edit == "insert":
-            pieces.insert(index, draw(st.sampled_from(_TOKENS) | st.characters()))
-        elif edit == "duplicate":
-            pieces.insert(index, pieces[index])
-        elif edit == "swap":
-            other = draw(st.integers(0, len(pieces) - 1))
-            pieces[index], pieces[other] = pieces[other], pieces[index]
-        else:
-            pieces = pieces[:index]
-        source = "".join(pieces)
-    return source
 
 
 def _decoded(errors: str) -> st.SearchStrategy[str]:
@@ -72,7 +37,7 @@ def _decoded(errors: str) -> st.SearchStrategy[str]:
 def arbitrary_text() -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(max_size=300),
-        st.lists(st.sampled_from(_TOKENS), max_size=60).map(" ".join),
+        st.lists(st.sampled_from(TOKENS), max_size=60).map(" ".join),
         _decoded("replace"),
         _decoded("surrogateescape"),
         rule_sets_with_comments().flatmap(lambda rule_set: mutated(rule_set.source)),
