@@ -717,6 +717,8 @@ class _Visitor:
             return None
         if literal.kind not in (Kind.TEXT, Kind.NUMBER, Kind.BOOL):
             return None
+        if value.kind is not Kind.JSON and value.kind is not literal.kind:
+            return None
         return Cond(_binary(exp.EQ, json, self.jsonb(literal.literal)), nullable=True)
 
     def json_compare(self, op: str, a: Val, b: Val) -> Cond:
