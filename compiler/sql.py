@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -403,8 +403,6 @@ class Val:
     # The SQL value is a bigint (a count, a whole-number score), so integral
     # literals compared with it are bound as bigint too: no numeric casts.
     integer: bool = False
-    # Text stored case-folded already (email, email fields: spec §4, §12).
-    folded: bool = False
 
     @property
     def is_literal(self) -> bool:
@@ -784,11 +782,11 @@ class _Visitor:
             # '' is a missing pattern (it would be found in everything).
             needle = self.fold(self.nullif_empty(pattern))
             length = _fn("char_length", needle)
-        # Folding the subject is needed only when it can change the answer:
-        # not for text stored folded, nor for a literal pattern none of whose
-        # characters is the fold of another character ("+254", "@1").
+        # Folding the subject cannot change the answer when the pattern is a
+        # literal none of whose characters is the fold of another character
+        # ("+254"): each character then only matches itself.
         stable = pattern.is_literal and not (set(fold(pattern.literal)) & _FOLD_TARGETS)
-        haystack = subject.expr if subject.folded or stable else self.fold(subject.expr)
+        haystack = subject.expr if stable else self.fold(subject.expr)
         if op == "contains":
             test = _binary(exp.GT, _fn("strpos", haystack, needle), self.p.constant(0, "integer"))
         elif op == "starts_with":
@@ -898,7 +896,7 @@ class _Visitor:
             return Val(Kind.TIME, _col("c", name))
         if name in ("id", "name", "phone", "whatsapp_id", "email"):
             column = _col("c", name)
-            return Val(Kind.TEXT, column, nullable=name != "id", empty=True, folded=name == "email")
+            return Val(Kind.TEXT, column, nullable=name != "id", empty=True)
         raise InternalError(f"unknown attribute {name}")
 
     def visit_FieldRef(self, node: ast.FieldRef) -> Val:
@@ -909,8 +907,7 @@ class _Visitor:
         if declared is Type.JSON:
             return json
         if declared.is_text_like:
-            text = self.as_kind(json, Kind.TEXT)
-            return replace(text, folded=declared is Type.EMAIL)
+            return self.as_kind(json, Kind.TEXT)
         if declared is Type.NUMBER:
             return self.as_kind(json, Kind.NUMBER)
         if declared is Type.BOOL:
