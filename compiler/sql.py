@@ -45,6 +45,7 @@ similar size, restricting the pass to the workspace's contacts would pay off.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -342,6 +343,9 @@ def _json_text_arrow(base: exp.Expr, key: exp.Expr) -> exp.Expr:
 
 def _subquery(select: exp.Select) -> exp.Subquery:
     return exp.Subquery(this=select)
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 def render(expression: exp.Expr) -> str:
@@ -1263,9 +1267,15 @@ class SqlCompiler:
         select: exp.Expr, params: _Params, columns: tuple[tuple[str, str], ...] = ()
     ) -> CompiledQuery:
         sql = render(select)
-        # Drop constants that a rewrite made unused (a JSON type name replaced
-        # by jsonb equality, say): the parameters list what the SQL reads.
-        used = {name: v for name, v in params.values.items() if f"%({name})s" in sql}
+        # Constants a rewrite made unused (a JSON type name replaced by jsonb
+        # equality, say) are dropped, and the rest renumbered in order of
+        # first use: the parameters list exactly what the SQL reads.
+        names: dict[str, str] = {}
+        for name in _PLACEHOLDER.findall(sql):
+            if name in params.values and name not in names:
+                names[name] = f"p{len(names) + 1}"
+        sql = _PLACEHOLDER.sub(lambda m: f"%({names.get(m[1], m[1])})s", sql)
+        used = {new: params.values[old] for old, new in names.items()}
         offsets = {name: v for name, v in params.now_offsets.items() if f"%({name})s" in sql}
         return CompiledQuery(sql, used, columns, offsets)
 
