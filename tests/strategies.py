@@ -797,6 +797,15 @@ _TEXTS: SearchStrategy[str] = st.one_of(
     ),
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8),
 )
+
+
+def _json_containers(inner: SearchStrategy[Any]) -> SearchStrategy[Any]:
+    return st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from((*JSON_KEYS, *PROPS_KEYS, "sku")), inner, max_size=4),
+    )
+
+
 _JSON_VALUES: SearchStrategy[Any] = st.recursive(
     st.one_of(
         st.none(),
@@ -805,10 +814,7 @@ _JSON_VALUES: SearchStrategy[Any] = st.recursive(
         st.sampled_from(["5", "dark", "sw", "en", "", "true", "KES", "Zoë", "😀"]),
         _TEXTS,
     ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.sampled_from((*JSON_KEYS, *PROPS_KEYS, "sku")), inner, max_size=4),
-    ),
+    _json_containers,
     max_leaves=8,
 )
 _JSON_OBJECTS = st.fixed_dictionaries({}, optional=dict.fromkeys(JSON_KEYS, _JSON_VALUES))

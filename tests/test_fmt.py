@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from conformance import load_cases
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from nudgel.dsl import ast
 from nudgel.dsl.fmt import WIDTH, FormatError, format_source
 from nudgel.dsl.parser import parse
@@ -625,6 +625,10 @@ def test_property_rule_sets_with_comments(rule_set: RuleSet) -> None:
     _check_formatted(rule_set)
 
 
+# Most mutants do not parse and are thrown away: that is expected here.
+@settings(
+    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.filter_too_much]
+)
 @given(rule_sets_with_comments().flatmap(lambda rule_set: mutated(rule_set.source)))
 def test_property_any_text_that_parses(source: str) -> None:
     # Mutants of generated files that still parse: odd shapes the generator
