@@ -41,7 +41,12 @@ from hypothesis import strategies as st
 from hypothesis.strategies import DrawFn, SearchStrategy
 from nudgel.dsl.ast import DURATION_SECONDS, Type
 from nudgel.dsl.parser import scan_comments
-from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND, parse_timestamp
+from nudgel.dsl.timeparse import (
+    MICROS_PER_DAY,
+    MICROS_PER_SECOND,
+    parse_time_literal,
+    parse_timestamp,
+)
 
 T = TypeVar("T")
 
@@ -850,10 +855,21 @@ _IDS = st.one_of(
 )
 
 
+# The instants the rules' literals name, and one microsecond either side.
+_ON_LITERALS = st.builds(
+    lambda instant, nudge: instant + nudge,
+    st.sampled_from(
+        [parse_time_literal(text, True) for text in TIMESTAMP_LITERALS + DATE_LITERALS]
+    ),
+    st.sampled_from([0, 0, 1, -1]),
+)
+
+
 @lru_cache(maxsize=64)
 def _instants(now: int, durations: tuple[str, ...]) -> SearchStrategy[str]:
     """Instants on and around the windows' edges: now - D, one microsecond
-    either side, now itself, the near future, and anywhere."""
+    either side, now itself, the near future, the literals' instants, and
+    anywhere."""
     windows = [int(d[:-1]) * DURATION_SECONDS[d[-1]] * MICROS_PER_SECOND for d in durations]
     edges = st.builds(
         lambda width, nudge: now - width + nudge,
@@ -864,7 +880,7 @@ def _instants(now: int, durations: tuple[str, ...]) -> SearchStrategy[str]:
     anywhere = st.integers(now - 400 * MICROS_PER_DAY, now + 30 * MICROS_PER_DAY)
     return st.builds(
         format_instant,
-        st.one_of(edges, edges, around_now, anywhere),
+        st.one_of(edges, edges, around_now, anywhere, _ON_LITERALS),
         st.sampled_from(_OFFSETS),
         st.sampled_from(_STYLES),
     )
