@@ -110,7 +110,8 @@ def contact_rows(count: int, workspace: int, rng: random.Random) -> Iterator[str
         domain = rng.choice(["acme.com", "example.co.ke", "gmail.com"])
         email = f"user{i}@{domain}" if rng.random() < 0.9 else "\\N"
         phone = (
-            rng.choice(["+254", "+1", "+44"]) + str(rng.randrange(10**8, 10**9))
+            # Unique per contact: phones are unique within a workspace.
+            rng.choice(["+254", "+1", "+44"]) + str(700_000_000 + i)
             if rng.random() < 0.5
             else "\\N"
         )
