@@ -71,7 +71,9 @@ KEYWORDS = frozenset(
 @cache
 def _lark() -> Lark:
     text = resources.files("nudgel.grammar").joinpath("rules.lark").read_text("utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # cache=True keeps the LALR tables in the temp folder (keyed by the
+    # grammar's hash): a new `rulec` process skips rebuilding them.
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 @dataclass(frozen=True, slots=True)
