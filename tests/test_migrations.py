@@ -30,6 +30,9 @@ TABLES = {
     "subscriptions",
     "events",
     "field_definitions",
+    "api_keys",
+    "idempotency_keys",
+    "outbox",
     "schema_migrations",
 }
 

@@ -1,0 +1,94 @@
+"""Service settings, read from the environment.
+
+Every setting is ``NUDGEL_<NAME>`` (``NUDGEL_PORT=9000``), except the database,
+which is the conventional unprefixed ``DATABASE_URL`` (``NUDGEL_DATABASE_URL``
+also works). Lists accept JSON (``["a", "b"]``) or comma-separated text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from nudgel.api.embedded import default_data_dir, ensure_embedded_postgres
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NUDGEL_",
+        # Settings(database_url=...) in code and tests, DATABASE_URL in the environment.
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="ignore",
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "NUDGEL_DATABASE_URL", "database_url"),
+        description="PostgreSQL URL; unset or empty starts the embedded server in data_dir.",
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Folder for the embedded PostgreSQL (default: the user's data folder).",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    migrate_on_startup: bool = Field(
+        default=True, description="Apply pending migrations when the service starts."
+    )
+
+    default_phone_region: str = Field(
+        default="KE",
+        pattern=r"^[A-Z]{2}$",
+        description="Region for phone numbers written without a country code.",
+    )
+    # Identifiers that never identify anyone (shared test inboxes, placeholder
+    # numbers): they never match an existing contact, so they never merge two.
+    blocked_identifiers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["test@example.com"]
+    )
+
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    pool_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a request waits for a free connection."
+    )
+
+    # Placeholders for webhook delivery (not used yet).
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    webhook_backoff_base: float = Field(default=5.0, gt=0, description="Seconds, doubled per try.")
+    webhook_backoff_max: float = Field(default=3600.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+
+    idempotency_retention_hours: int = Field(default=24, ge=1)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: Any) -> Any:
+        # DATABASE_URL= (empty) means "no server": the embedded one, as elsewhere.
+        return value or None
+
+    @field_validator("blocked_identifiers", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def embedded_data_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its data."""
+        return self.data_dir / "pg" if self.data_dir is not None else default_data_dir()
+
+    def resolve_database_url(self) -> str:
+        """The configured URL, or the embedded server's (starting it; blocking, seconds)."""
+        if self.database_url:
+            return self.database_url
+        return ensure_embedded_postgres(self.embedded_data_dir())
