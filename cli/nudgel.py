@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import click
 import psycopg
 from nudgel.api.embedded import database_url_from_env
+from nudgel.api.keys import create_key, revoke_key
 from nudgel.api.migrate import apply_migrations
+from nudgel.api.settings import Settings
 
 from nudgel import __version__
 
@@ -40,6 +42,64 @@ def migrate() -> None:
 def database_url() -> None:
     """Print the URL of the database the service uses (starting the embedded one)."""
     click.echo(database_url_from_env())
+
+
+@cli.command()
+@click.option(
+    "--host", default=None, help="Interface to listen on [default: NUDGEL_HOST or 127.0.0.1]."
+)
+@click.option("--port", type=int, default=None, help="Port [default: NUDGEL_PORT or 8000].")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API (uvicorn), applying pending migrations first."""
+    import uvicorn
+    from nudgel.api.app import create_app
+
+    settings = Settings()
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    if settings.database_url:
+        click.echo("nudgel: database from DATABASE_URL")
+    else:
+        # Started here rather than in the app's start-up, so the location is
+        # printed before anything else; the app reuses the running server.
+        settings.database_url = settings.resolve_database_url()
+        click.echo(f"nudgel: embedded PostgreSQL in {settings.embedded_data_dir()}")
+    click.echo(f"nudgel: API on http://{settings.host}:{settings.port} (docs at /docs)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+@cli.group()
+def keys() -> None:
+    """Create and revoke API keys."""
+
+
+@keys.command(name="create")
+@click.option("--workspace", required=True, help="Workspace name; created if new.")
+@click.option("--test", "test_mode", is_flag=True, help="Make an sk_test_ key instead of sk_live_.")
+def keys_create(workspace: str, test_mode: bool) -> None:
+    """Create a key and print it (it is shown only this once)."""
+    with psycopg.connect(Settings().resolve_database_url(), autocommit=True) as conn:
+        apply_migrations(conn)
+        issued = create_key(conn, workspace, "test" if test_mode else "live")
+    click.echo(issued.secret)
+    click.echo(
+        f"created {issued.mode} key {issued.prefix}... for workspace {workspace!r};"
+        " store it now, it cannot be shown again",
+        err=True,
+    )
+
+
+@keys.command(name="revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke KEY (the full key): requests with it get 401 from now on."""
+    with psycopg.connect(Settings().resolve_database_url(), autocommit=True) as conn:
+        apply_migrations(conn)
+        if not revoke_key(conn, key):
+            raise click.ClickException("no such active key")
+    click.echo("revoked")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,124 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The lifespan resolves the database (``DATABASE_URL``, else the embedded
+server), applies pending migrations, and opens the connection pool; handlers
+find the pool and settings on ``app.state``. The blocking steps (starting the
+embedded server, ``apply_migrations``) run in a worker thread so the event
+loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from nudgel.api.db import make_pool, pool_of
+from nudgel.api.migrate import apply_migrations
+from nudgel.api.problems import Problem, install_problem_handlers, problem_responses
+from nudgel.api.routers import ROUTERS, fields, tags
+from nudgel.api.settings import Settings
+from pydantic import BaseModel
+
+from nudgel import __version__
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Contacts, segments and scoring. Authenticate with `Authorization: Bearer sk_...`
+(`nudgel keys create --workspace NAME`). Lists are cursor-paginated (`limit`,
+`starting_after`); every POST accepts an `Idempotency-Key`; errors are RFC 9457
+`application/problem+json`.
+"""
+
+
+def _prepare_database(settings: Settings) -> str:
+    """Blocking: the database URL, with migrations applied."""
+    url = settings.resolve_database_url()
+    if settings.migrate_on_startup:
+        with psycopg.connect(url, autocommit=True) as conn:
+            applied = apply_migrations(conn)  # under its advisory lock
+        for name in applied:
+            log.info("applied migration %s", name)
+    return url
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    url = await asyncio.to_thread(_prepare_database, settings)
+    pool = make_pool(url, settings)
+    await pool.open(wait=True)
+    app.state.pool = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=openapi_tags,
+        )
+        # Error responses reference Problem by name (problem+json is not the
+        # route's media type, so FastAPI would not collect it by itself).
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem.pop("$defs", {}))
+        components["Problem"] = problem
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(
+        title="Nudgel",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        # Operation ids are the handler names (create_tag), not FastAPI's
+        # path-derived ones, so generated clients get readable method names.
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix="/v1")
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        summary="Health check",
+        description="Answers when the service can reach its database. No authentication.",
+        tags=["Service"],
+        responses=problem_responses(503),
+    )
+    async def healthz(request: Request) -> Health:
+        async with pool_of(request).connection() as conn:
+            await conn.execute("SELECT 1")
+        return Health(status="ok")
+
+    openapi_tags = [
+        fields.OPENAPI_TAG,
+        tags.OPENAPI_TAG,
+        {"name": "Service", "description": "Operational endpoints."},
+    ]
+    app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]
+    return app

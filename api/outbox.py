@@ -1,0 +1,62 @@
+"""The transactional outbox: one row per event, written with the change itself.
+
+Every mutation calls :func:`record` on the connection of its own transaction,
+so the event commits if and only if the change does; a delivery worker
+(later) reads the table, never the handlers' memory, so no event is lost on a
+crash and none is sent for a change that rolled back.
+
+The payload is the event as webhooks will carry it (Standard Webhooks shape):
+``{"type": ..., "timestamp": ..., "data": {...}}``; the row's ``event_id``
+(``evt_...``) becomes the ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+from psycopg.types.json import Jsonb
+
+__all__ = ["EVENT_TYPES", "record"]
+
+# Every event type the service emits; webhooks subscribe to these (or "*").
+EVENT_TYPES = frozenset(
+    {
+        "field.created",
+        "field.deleted",
+        "tag.created",
+        "tag.updated",
+    }
+)
+
+
+async def record(
+    conn: AsyncConnection,
+    workspace_id: int,
+    event_type: str,
+    data: dict[str, Any],
+    contact_pk: int | None = None,
+) -> str:
+    """Append an event; returns its id. ``conn`` must be inside the mutation's transaction."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}: add it to EVENT_TYPES")
+    if conn.info.transaction_status != TransactionStatus.INTRANS:
+        # In autocommit outside a transaction the event would commit on its
+        # own, whatever happens to the change: exactly what the outbox is for
+        # preventing.
+        raise RuntimeError("outbox.record must run inside the mutation's transaction")
+    event_id = "evt_" + secrets.token_urlsafe(16)
+    payload = {
+        "type": event_type,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+    await conn.execute(
+        "INSERT INTO outbox (workspace_id, event_id, event_type, contact_pk, payload)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (workspace_id, event_id, event_type, contact_pk, Jsonb(payload)),
+    )
+    return event_id

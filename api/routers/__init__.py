@@ -1,0 +1,10 @@
+"""One router per resource; :data:`ROUTERS` is what the app mounts under ``/v1``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from nudgel.api.routers import fields, tags
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: list[APIRouter] = [fields.router, tags.router]
