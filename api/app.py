@@ -20,9 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from nudgel.api.db import make_pool, pool_of
 from nudgel.api.migrate import apply_migrations
-from nudgel.api.problems import Problem, install_problem_handlers, problem_responses
+from nudgel.api.problems import Problem, ProblemError, install_problem_handlers, problem_responses
 from nudgel.api.routers import ROUTERS, fields, tags
 from nudgel.api.settings import Settings
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
 
 from nudgel import __version__
@@ -111,8 +112,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=problem_responses(503),
     )
     async def healthz(request: Request) -> Health:
-        async with pool_of(request).connection() as conn:
-            await conn.execute("SELECT 1")
+        try:
+            async with pool_of(request).connection() as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise ProblemError(
+                503,
+                "Service Unavailable",
+                "The database cannot be reached.",
+                headers={"Retry-After": "5"},
+            ) from exc
         return Health(status="ok")
 
     openapi_tags = [

@@ -29,7 +29,22 @@ from nudgel.api.db import connection
 from psycopg import AsyncConnection
 from pydantic import BaseModel
 
-__all__ = ["PostWriter", "Transaction", "WriteContext", "Writer"]
+__all__ = ["PostWriter", "Transaction", "WriteContext", "Writer", "replayable"]
+
+
+def replayable(status: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entry documenting ``Idempotent-Replayed`` on a POST's success."""
+    return {
+        status: {
+            "headers": {
+                idempotency.REPLAYED_HEADER: {
+                    "description": "`true` when this is the stored response of an earlier"
+                    " request with the same Idempotency-Key.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+        }
+    }
 
 
 @dataclass

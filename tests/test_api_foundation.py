@@ -3,6 +3,7 @@ problem+json errors, pagination, idempotency, the outbox, OpenAPI, `nudgel serve
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from nudgel.api import idempotency
+from nudgel.api import idempotency, outbox
 from nudgel.api.app import create_app
 from nudgel.api.keys import IssuedKey, KeyMode, create_key, revoke_key
 from nudgel.api.settings import Settings
@@ -386,6 +388,59 @@ def test_in_flight_request_gets_409(client: TestClient, key: IssuedKey, migrated
     # Released: the request runs (the 409 left nothing behind).
     assert client.post("/v1/tags", json={"name": "a"}, headers=h).status_code == 201
     assert outbox_types(migrated_url, key.workspace_id) == ["tag.created"]
+
+
+def test_concurrent_retry_of_a_slow_request_gets_409(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    """A real in-flight request: the first POST blocks inside its transaction
+    (on a row another transaction is inserting), the retry gets 409, and once
+    the first finishes the retry replays its response."""
+    h = bearer(key, **{"Idempotency-Key": "concurrent"})
+    body = {"name": "slow"}
+    with psycopg.connect(migrated_url) as blocker:
+        blocker.execute(
+            "INSERT INTO tags (workspace_id, name) VALUES (%s, 'slow')", (key.workspace_id,)
+        )
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/v1/tags", json=body, headers=h)
+            wait_for_lock_waiter(blocker, first)
+            second = client.post("/v1/tags", json=body, headers=h)
+            assert_problem(second, 409)
+            blocker.rollback()  # the first request's insert goes ahead
+            response = first.result(timeout=30)
+    assert response.status_code == 201
+    replay = client.post("/v1/tags", json=body, headers=h)
+    assert replay.status_code == 201 and replay.json() == response.json()
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert outbox_types(migrated_url, key.workspace_id) == ["tag.created"]
+
+
+def wait_for_lock_waiter(conn: psycopg.Connection, request: Future[Any]) -> None:
+    """Until some backend of this database waits for a lock (bounded)."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert not request.done(), request.result()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE NOT l.granted AND a.datname = current_database()"
+        ).fetchone()
+        if row is not None and row[0] > 0:
+            return
+        assert time.monotonic() < deadline, "the first request never blocked"
+        time.sleep(0.05)
+
+
+def test_outbox_refuses_to_record_outside_a_transaction(migrated_url: str, key: IssuedKey) -> None:
+    async def attempt() -> None:
+        async with await psycopg.AsyncConnection.connect(migrated_url, autocommit=True) as conn:
+            with pytest.raises(RuntimeError, match="inside the mutation"):
+                await outbox.record(conn, key.workspace_id, "tag.created", {})
+            async with conn.transaction():
+                with pytest.raises(ValueError, match="unknown event type"):
+                    await outbox.record(conn, key.workspace_id, "tag.exploded", {})
+
+    asyncio.run(attempt())
 
 
 def test_failed_mutation_records_nothing(

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import Path, status
 from nudgel.api.auth import Auth
-from nudgel.api.mutation import PostWriter, Writer
+from nudgel.api.mutation import PostWriter, Writer, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
 from nudgel.api.routers.common import Conn, resource_router
@@ -64,7 +64,8 @@ def _not_found(name: str) -> ProblemError:
     status_code=status.HTTP_201_CREATED,
     response_model=FieldDefinition,
     summary="Create a field",
-    responses=problem_responses(409, 422),
+    response_description="Created.",
+    responses={**replayable(201), **problem_responses(409, 422)},
 )
 async def create_field(body: FieldCreate, writer: PostWriter) -> object:
     async with writer.transaction() as tx:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import Path, status
 from nudgel.api.auth import Auth
-from nudgel.api.mutation import PostWriter, Writer
+from nudgel.api.mutation import PostWriter, Writer, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
 from nudgel.api.routers.common import Conn, resource_router
@@ -79,7 +79,8 @@ NameParam = Annotated[str, Path(description="The tag's name (percent-encoded).")
     status_code=status.HTTP_201_CREATED,
     response_model=Tag,
     summary="Create a tag",
-    responses=problem_responses(409, 422),
+    response_description="Created.",
+    responses={**replayable(201), **problem_responses(409, 422)},
 )
 async def create_tag(body: TagCreate, writer: PostWriter) -> object:
     async with writer.transaction() as tx:
