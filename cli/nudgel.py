@@ -7,6 +7,8 @@ With no ``DATABASE_URL`` every command uses the embedded PostgreSQL in
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Sequence
 
 import click
@@ -67,6 +69,12 @@ def serve(host: str | None, port: int | None) -> None:
         settings.database_url = settings.resolve_database_url()
         click.echo(f"nudgel: embedded PostgreSQL in {settings.embedded_data_dir()}")
     click.echo(f"nudgel: API on http://{settings.host}:{settings.port} (docs at /docs)")
+    # After a graceful shutdown uvicorn re-raises the signal that stopped it
+    # under the handler that was there before. With the default SIGTERM
+    # handler the process would die without running atexit hooks, and the
+    # embedded PostgreSQL (stopped by one) would outlive it; exiting normally
+    # lets it stop.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
