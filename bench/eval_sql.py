@@ -90,6 +90,18 @@ LEFT JOIN (
   FROM events e WHERE e.at <= %(now)s GROUP BY e.contact_pk) ev ON ev.contact_pk = c.pk
 WHERE c.workspace_id = %(ws)s
 """,
+    "correlated index probes": """
+SELECT c.id, least(greatest(
+         least(10 * (SELECT count(*) FROM events e WHERE e.contact_pk = c.pk AND e.name = 'email_open'
+                       AND e.at > %(now)s - interval '90 days' AND e.at <= %(now)s), 50)
+       + 25 * (SELECT count(*) FROM events e WHERE e.contact_pk = c.pk AND e.name = 'purchase'
+                 AND e.at <= %(now)s)
+       - CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.contact_pk = c.pk
+                             AND e.at > %(now)s - interval '30 days' AND e.at <= %(now)s) THEN 0 ELSE 5 END
+       + CASE WHEN c.fields ->> 'plan' = 'pro' THEN 15 ELSE 0 END, 0), 100) AS score
+FROM contacts c
+WHERE c.workspace_id = %(ws)s
+""",
     "lateral per contact": """
 SELECT c.id, least(greatest(least(10 * ev.o90, 50) + 25 * ev.p
          - CASE WHEN ev.any30 > 0 THEN 0 ELSE 5 END
@@ -209,6 +221,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the generated schema")
+    parser.add_argument("--reuse", metavar="SCHEMA", help="measure on a schema kept by --keep")
     args = parser.parse_args()
     contacts = max(100, int(1_000_000 * args.scale))
 
@@ -216,17 +229,23 @@ def main() -> None:
     assert checked.rules is not None
     compiler = SqlCompiler(checked.rules)
     url = database_url_from_env()
-    schema = f"bench_{secrets.token_hex(4)}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        apply_migrations(conn, schema=schema)
+    schema = args.reuse or f"bench_{secrets.token_hex(4)}"
+    if not args.reuse:
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_migrations(conn, schema=schema)
     with psycopg.connect(url) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         try:
-            print(
-                f"generating {contacts:,} contacts, ~{contacts * args.events:,} events (COPY) ...",
-                flush=True,
-            )
-            ws = load(conn, contacts, args.events)
+            if args.reuse:
+                found = conn.execute("SELECT id FROM workspaces WHERE name = 'bench'").fetchone()
+                assert found is not None, f"no bench workspace in schema {schema}"
+                ws = found[0]
+            else:
+                print(
+                    f"generating {contacts:,} contacts, ~{contacts * args.events:,} events (COPY) ...",
+                    flush=True,
+                )
+                ws = load(conn, contacts, args.events)
             conn.commit()
             hand_params = {"ws": ws, "now": NOW}
             cases = [
@@ -263,7 +282,9 @@ def main() -> None:
                 )
         finally:
             conn.rollback()
-            if not args.keep:
+            if args.keep or args.reuse:
+                print(f"kept schema {schema} (measure again with --reuse {schema})")
+            else:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
                 conn.commit()
 
