@@ -243,7 +243,11 @@ class PythonCompiler:
     # ---- conditions ----------------------------------------------------------------------
 
     def expr(self, node: ast.Expr) -> str:
-        method = getattr(self, f"expr_{type(node).__name__}", None)
+        return self.visit("expr", node)
+
+    def visit(self, kind: str, node: ast.Node) -> str:
+        """Dispatch to ``<kind>_<NodeClass>``; a node without one fails loudly."""
+        method = getattr(self, f"{kind}_{type(node).__name__}", None)
         if method is None:
             raise InternalError(f"the Python backend has no rule for {type(node).__name__}")
         result: str = method(node)
@@ -415,11 +419,7 @@ class PythonCompiler:
     # ---- values ------------------------------------------------------------------------
 
     def value(self, node: ast.Value) -> str:
-        method = getattr(self, f"value_{type(node).__name__}", None)
-        if method is None:
-            raise InternalError(f"the Python backend has no rule for {type(node).__name__}")
-        result: str = method(node)
-        return result
+        return self.visit("value", node)
 
     def value_Attribute(self, node: ast.Attribute) -> str:
         if node.name == "at":

@@ -83,7 +83,8 @@ def parse_time_literal(text: str, as_timestamp: bool) -> int | None:
     return parse_date(text) if _DATE.match(text) else parse_timestamp(text)
 
 
-def _civil_from_days(days: int) -> tuple[int, int, int]:
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day number since 1970-01-01 (H. Hinnant)."""
     days += 719468
     era = days // 146097
     doe = days - era * 146097
@@ -98,7 +99,7 @@ def _civil_from_days(days: int) -> tuple[int, int, int]:
 def format_timestamp(micros: int) -> str:
     """Canonical RFC 3339 in UTC: ``2026-06-01T12:00:00Z`` (with ``.ffffff`` when needed)."""
     days, rest = divmod(micros, MICROS_PER_DAY)
-    year, month, day = _civil_from_days(days)
+    year, month, day = civil_from_days(days)
     seconds, fraction = divmod(rest, MICROS_PER_SECOND)
     hour, minute, second = seconds // 3600, seconds // 60 % 60, seconds % 60
     text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
@@ -106,5 +107,5 @@ def format_timestamp(micros: int) -> str:
 
 
 def format_date(micros: int) -> str:
-    year, month, day = _civil_from_days(micros // MICROS_PER_DAY)
+    year, month, day = civil_from_days(micros // MICROS_PER_DAY)
     return f"{year:04d}-{month:02d}-{day:02d}"

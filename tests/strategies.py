@@ -44,6 +44,7 @@ from nudgel.dsl.parser import scan_comments
 from nudgel.dsl.timeparse import (
     MICROS_PER_DAY,
     MICROS_PER_SECOND,
+    civil_from_days,
     parse_time_literal,
     parse_timestamp,
 )
@@ -743,7 +744,7 @@ def format_instant(value: int, offset_minutes: int = 0, style: str = "Z") -> str
     three ``DDD``, which the loader truncates)."""
     local = value + offset_minutes * 60 * MICROS_PER_SECOND
     days, rest = divmod(local, MICROS_PER_DAY)
-    year, month, day = _civil_from_days(days)
+    year, month, day = civil_from_days(days)
     seconds, fraction = divmod(rest, MICROS_PER_SECOND)
     hour, minute, second = seconds // 3600, seconds // 60 % 60, seconds % 60
     text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
@@ -759,18 +760,6 @@ def format_instant(value: int, offset_minutes: int = 0, style: str = "Z") -> str
     sign = "-" if offset_minutes < 0 else "+"
     hours, minutes = divmod(abs(offset_minutes), 60)
     return f"{text}{sign}{hours:02d}:{minutes:02d}"
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    days += 719468
-    era = days // 146097
-    doe = days - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + (3 if mp < 10 else -9)
-    return yoe + era * 400 + (month <= 2), month, day
 
 
 # ---- contacts ------------------------------------------------------------------------
@@ -908,7 +897,7 @@ def _field_value(kind: Type, now: int) -> SearchStrategy[Any]:
 
 
 def _date(value: int) -> str:
-    year, month, day = _civil_from_days(value // MICROS_PER_DAY)
+    year, month, day = civil_from_days(value // MICROS_PER_DAY)
     return f"{year:04d}-{month:02d}-{day:02d}"
 
 
