@@ -25,6 +25,12 @@ __all__ = ["EVENT_TYPES", "record"]
 # Every event type the service emits; webhooks subscribe to these (or "*").
 EVENT_TYPES = frozenset(
     {
+        "contact.created",
+        "contact.updated",
+        "contact.merged",
+        "contact.deleted",
+        "contact.tagged",
+        "contact.untagged",
         "field.created",
         "field.deleted",
         "tag.created",

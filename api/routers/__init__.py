@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from nudgel.api.routers import fields, tags
+from nudgel.api.routers import contacts, fields, tags
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: list[APIRouter] = [fields.router, tags.router]
+ROUTERS: list[APIRouter] = [contacts.router, fields.router, tags.router]

@@ -1,0 +1,90 @@
+"""``GET /v1/contacts?where=EXPR``: a rules-language condition as SQL.
+
+EXPR is checked as the body of a segment in a rule file that declares the
+workspace's fields (``field NAME: TYPE``, from field_definitions)::
+
+    segment request_filter {
+    EXPR
+    }
+    field plan: text
+    ...
+
+EXPR starts on line 2, column 1, so a diagnostic inside it is moved up one
+line to point into EXPR itself; one beyond it (a missing operand found at the
+closing brace) is placed at the end of EXPR; the wrapper's own warnings
+(unused fields) are dropped. The checked segment is compiled by the SQL
+backend (``SqlCompiler.segment_members``) and run as a subquery of the list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from nudgel.api.problems import ProblemError, problem_type
+from nudgel.compiler.sql import CompiledQuery, SqlCompiler
+from nudgel.dsl.ast import Type
+from nudgel.dsl.checker import check_sources
+from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
+from nudgel.dsl.render import render_json
+from nudgel.dsl.span import Span
+
+__all__ = ["SEGMENT", "compile_where"]
+
+SEGMENT = "request_filter"
+FILE = "where"
+
+
+def _source(expr: str, types: Mapping[str, Type]) -> str:
+    fields = "".join(f"field {name}: {t.value}\n" for name, t in sorted(types.items()))
+    return f"segment {SEGMENT} {{\n{expr}\n}}\n{fields}"
+
+
+def _into_expr(diagnostic: Diagnostic, expr: str) -> Diagnostic | None:
+    """The diagnostic with its span in EXPR's coordinates; None for the wrapper's warnings."""
+    lines = expr.split("\n")
+    last_line, end_column = len(lines), len(lines[-1]) + 1
+    span = diagnostic.span
+    if span.line < 2 or span.line > last_line + 1:
+        if not diagnostic.is_error:
+            return None
+        # Found past EXPR (at the closing brace or a declaration): the end of EXPR.
+        return replace(diagnostic, span=Span(FILE, last_line, end_column, last_line, end_column))
+    end_line, end_col = span.end_line - 1, span.end_column
+    if end_line > last_line:
+        end_line, end_col = last_line, end_column
+    return replace(diagnostic, span=Span(FILE, span.line - 1, span.column, end_line, end_col))
+
+
+def _invalid(diagnostics: list[Diagnostic]) -> ProblemError:
+    document: dict[str, Any] = json.loads(render_json(diagnostics))
+    first = next(d for d in document["diagnostics"] if d["severity"] == "error")
+    return ProblemError(
+        422,
+        "Invalid where expression",
+        f"where: {first['line']}:{first['column']}: {first['message']}",
+        type_=problem_type("invalid-where"),
+        diagnostics=document["diagnostics"],
+    )
+
+
+def compile_where(expr: str, types: Mapping[str, Type]) -> CompiledQuery:
+    """The segment query of EXPR; a 422 problem carrying the diagnostics when it has errors."""
+    result = check_sources({FILE: _source(expr, types)})
+    mapped = [m for d in result.diagnostics if (m := _into_expr(d, expr)) is not None]
+    if result.has_errors or result.rules is None:
+        raise _invalid([d for d in mapped if d.is_error] or mapped)
+    rules = result.rules
+    # EXPR that closes the brace could declare more (segments, scores ...): it
+    # must be one condition.
+    if (
+        set(rules.segments) != {SEGMENT}
+        or set(rules.fields) != set(types)
+        or rules.scores
+        or rules.lifecycle is not None
+    ):
+        end = Span(FILE, 1, 1, 1, 2)
+        raise _invalid([SYNTAX(end, message="`where` must be a single condition")])
+    return SqlCompiler(rules).segment_members(SEGMENT)

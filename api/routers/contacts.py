@@ -1,0 +1,268 @@
+"""``/v1/contacts``: upsert (with identity merge), read, query, delete, tag.
+
+The identity rules live in ``nudgel.api.contacts_store`` (matching, merge,
+locks) and ``nudgel.api.identity`` (normalisation, blocked values); this
+module is the HTTP surface.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Path, Query, Request
+from nudgel.api.auth import Auth
+from nudgel.api.contact_fields import field_types, stored_fields_json
+from nudgel.api.contact_models import (
+    ContactDetail,
+    ContactList,
+    ContactOut,
+    ContactUpsert,
+    DeletedContact,
+    TagsAdd,
+)
+from nudgel.api.contact_query import compile_where
+from nudgel.api.contact_views import contact_views, detail_view, find_pk
+from nudgel.api.contacts_store import UpsertInput, UpsertResult, add_tags, upsert, with_retries
+from nudgel.api.identity import IdentifierError, Identifiers, normalise_blocked
+from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
+from nudgel.api.pagination import PageParams, page_of
+from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
+from nudgel.api.routers.common import Conn, resource_router
+from nudgel.api.settings import Settings
+
+router, OPENAPI_TAG = resource_router(
+    "/contacts",
+    "Contacts",
+    "Unified contact profiles: upserted by any identifier, merged when identifiers meet.",
+)
+
+IdParam = Annotated[str, Path(description="The contact's id (`con_...`).")]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _identifier_problem(error: IdentifierError) -> ProblemError:
+    return ProblemError(
+        422,
+        "Invalid identifier",
+        str(error),
+        type_=problem_type("validation"),
+        errors=[
+            FieldError(location="body", pointer=f"/{error.kind}", detail=str(error), code="invalid")
+        ],
+    )
+
+
+async def _view(tx: Transaction, pk: int) -> ContactOut:
+    views = await contact_views(tx.conn, tx.workspace_id, [pk])
+    return views[0]
+
+
+async def _emit_upsert(tx: Transaction, result: UpsertResult, contact: ContactOut) -> None:
+    data: dict[str, Any] = contact.model_dump(mode="json")
+    if result.status == 201:
+        await tx.emit("contact.created", data, result.pk)
+    elif result.merged_ids:
+        await tx.emit(
+            "contact.merged",
+            {"id": contact.id, "merged_ids": result.merged_ids, "contact": data},
+            result.pk,
+        )
+    elif result.changed:
+        await tx.emit("contact.updated", data, result.pk)
+    if result.added_tags:
+        await tx.emit("contact.tagged", {"id": contact.id, "tags": result.added_tags}, result.pk)
+
+
+@router.post(
+    "",
+    response_model=ContactOut,
+    summary="Create or update a contact",
+    description=(
+        "Finds the contact by any of its identifiers (email, phone, whatsapp_id, external_id)."
+        " None: creates it (201). One: updates it (200; the request's non-empty values win)."
+        " Several: merges them into the oldest (200; `contact.merged`). Contacts with different"
+        " external ids never merge (409). Blocked identifiers are stored but never matched."
+    ),
+    responses={
+        **replayable(200),
+        201: {"description": "Created.", "model": ContactOut},
+        **problem_responses(409, 422),
+    },
+)
+async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Request) -> object:
+    settings = _settings(request)
+    region = settings.default_phone_region
+    try:
+        identifiers = Identifiers.parse(
+            {
+                "email": body.email,
+                "phone": body.phone,
+                "whatsapp_id": body.whatsapp_id,
+                "external_id": body.external_id,
+            },
+            region,
+            normalise_blocked(settings.blocked_identifiers, region),
+        )
+    except IdentifierError as error:
+        raise _identifier_problem(error) from None
+    async with writer.transaction() as tx:
+        if tx.replay is not None:
+            return tx.replay
+        fields_json = stored_fields_json(body.fields, await field_types(tx.conn, tx.workspace_id))
+        req = UpsertInput(
+            identifiers=identifiers,
+            name=body.name.strip() if body.name and body.name.strip() else None,
+            push_tokens=body.push_tokens,
+            tags=body.tags,
+            fields_json=fields_json,
+        )
+
+        async def attempt() -> tuple[UpsertResult, ContactOut]:
+            result = await upsert(tx, req)
+            contact = await _view(tx, result.pk)
+            await _emit_upsert(tx, result, contact)
+            return result, contact
+
+        result, contact = await with_retries(tx.conn, attempt)
+        return await tx.respond(result.status, contact)
+
+
+WhereParam = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=10_000,
+        description='A rules-language condition, e.g. `tag "premium" and fields.plan = "pro"`.'
+        " 422 with the diagnostics when it does not check.",
+    ),
+]
+
+
+@router.get(
+    "",
+    response_model=ContactList,
+    summary="List contacts",
+    description="In id (creation) order; `where` keeps the contacts the condition holds for.",
+    responses=problem_responses(422),
+)
+async def list_contacts(
+    auth: Auth, conn: Conn, page: PageParams, where: WhereParam = None
+) -> ContactList:
+    params: dict[str, Any] = {
+        "list_ws": auth.workspace_id,
+        "list_after": page.starting_after,
+        "list_limit": page.fetch,
+    }
+    condition = ""
+    if where is not None:
+        query = compile_where(where, await field_types(conn, auth.workspace_id))
+        # The compiled query's own placeholders (p1.., now, workspace_id) do
+        # not clash with the list_* names.
+        params.update(query.bind(now=time.time_ns() // 1000, workspace_id=auth.workspace_id))
+        condition = f" AND c.id IN ({query.sql})"
+    cur = await conn.execute(
+        "SELECT c.pk FROM contacts c WHERE c.workspace_id = %(list_ws)s"
+        " AND (%(list_after)s::text IS NULL OR c.id > %(list_after)s)"
+        f"{condition} ORDER BY c.id LIMIT %(list_limit)s",
+        params,
+    )
+    pks = [int(r[0]) for r in await cur.fetchall()]
+    rows = await contact_views(conn, auth.workspace_id, pks)
+    data, has_more, cursor = page_of(rows, page, lambda c: c.id)
+    return ContactList(data=data, has_more=has_more, next_cursor=cursor)
+
+
+@router.get(
+    "/{contact_id}",
+    response_model=ContactDetail,
+    summary="Get a contact",
+    description="Profile, fields, tags with colours, subscriptions and the latest events.",
+    responses=problem_responses(404),
+)
+async def get_contact(contact_id: IdParam, auth: Auth, conn: Conn) -> ContactDetail:
+    pk = await find_pk(conn, auth.workspace_id, contact_id)
+    view = None if pk is None else await detail_view(conn, auth.workspace_id, pk)
+    if view is None:
+        raise ProblemError.not_found(f"Contact {contact_id!r}")
+    return view
+
+
+@router.delete(
+    "/{contact_id}",
+    response_model=DeletedContact,
+    summary="Delete a contact",
+    description="Erases the contact with its events, tags and subscriptions.",
+    responses=problem_responses(404),
+)
+async def delete_contact(contact_id: IdParam, writer: Writer) -> object:
+    async with writer.transaction() as tx:
+        cur = await tx.conn.execute(
+            "DELETE FROM contacts WHERE workspace_id = %s AND id = %s RETURNING pk",
+            (tx.workspace_id, contact_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise ProblemError.not_found(f"Contact {contact_id!r}")
+        deleted = DeletedContact(id=contact_id)
+        await tx.emit("contact.deleted", deleted.model_dump(mode="json"), int(row[0]))
+        return await tx.respond(200, deleted)
+
+
+async def _locked_pk(tx: Transaction, contact_id: str) -> int:
+    # FOR UPDATE: a concurrent merge or delete of this contact waits for us, or we for it.
+    cur = await tx.conn.execute(
+        "SELECT pk FROM contacts WHERE workspace_id = %s AND id = %s FOR UPDATE",
+        (tx.workspace_id, contact_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise ProblemError.not_found(f"Contact {contact_id!r}")
+    return int(row[0])
+
+
+@router.post(
+    "/{contact_id}/tags",
+    response_model=ContactOut,
+    summary="Tag a contact",
+    description="Adds the tags (unknown ones are created without a colour); `contact.tagged`.",
+    responses={**replayable(200), **problem_responses(404, 409, 422)},
+)
+async def tag_contact(contact_id: IdParam, body: TagsAdd, writer: PostWriter) -> object:
+    async with writer.transaction() as tx:
+        if tx.replay is not None:
+            return tx.replay
+        pk = await _locked_pk(tx, contact_id)
+        added = await add_tags(tx, pk, body.tags)
+        if added:
+            await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
+            await tx.emit("contact.tagged", {"id": contact_id, "tags": added}, pk)
+        return await tx.respond(200, await _view(tx, pk))
+
+
+@router.delete(
+    "/{contact_id}/tags/{tag:path}",
+    response_model=ContactOut,
+    summary="Untag a contact",
+    description="Removes the tag from the contact; `contact.untagged`. 404 if it does not carry it.",
+    responses=problem_responses(404),
+)
+async def untag_contact(
+    contact_id: IdParam,
+    tag: Annotated[str, Path(description="The tag (percent-encoded).")],
+    writer: Writer,
+) -> object:
+    async with writer.transaction() as tx:
+        pk = await _locked_pk(tx, contact_id)
+        cur = await tx.conn.execute(
+            "DELETE FROM contact_tags WHERE contact_pk = %s AND tag = %s", (pk, tag)
+        )
+        if cur.rowcount == 0:
+            raise ProblemError.not_found(f"Tag {tag!r} on contact {contact_id!r}")
+        await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
+        await tx.emit("contact.untagged", {"id": contact_id, "tags": [tag]}, pk)
+        return await tx.respond(200, await _view(tx, pk))
