@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
 from nudgel.api.keys import IssuedKey, create_key
 from nudgel.api.settings import Settings
+from test_api_contacts import drop_workspace
 from test_api_foundation import bearer
 
 pytestmark = pytest.mark.postgres
@@ -77,8 +78,18 @@ def groups(url: str, workspace_id: int) -> set[Group]:
 
 
 def test_concurrent_upserts_match_a_sequential_run(client: TestClient, migrated_url: str) -> None:
-    bodies = workload()
     sequential, concurrent = _key(migrated_url), _key(migrated_url)
+    try:
+        check_against_sequential(client, migrated_url, sequential, concurrent)
+    finally:
+        drop_workspace(migrated_url, sequential.workspace_id)
+        drop_workspace(migrated_url, concurrent.workspace_id)
+
+
+def check_against_sequential(
+    client: TestClient, migrated_url: str, sequential: IssuedKey, concurrent: IssuedKey
+) -> None:
+    bodies = workload()
 
     for body in bodies:
         response = client.post("/v1/contacts", json=body, headers=bearer(sequential))

@@ -47,20 +47,30 @@ def _new_key(url: str) -> IssuedKey:
         return create_key(conn, f"ws_{secrets.token_hex(6)}", "test")
 
 
+def drop_workspace(url: str, workspace_id: int) -> None:
+    # The database is shared by the session: tests that count rows of the
+    # storage tables (test_migrations) must not see these contacts.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
+
+
 @pytest.fixture
-def key(migrated_url: str, client: TestClient) -> IssuedKey:
+def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
     issued = _new_key(migrated_url)
     for name, type_ in [("plan", "text"), ("company", "text"), ("ltv", "number")]:
         response = client.post(
             "/v1/fields", json={"name": name, "type": type_}, headers=bearer(issued)
         )
         assert response.status_code == 201
-    return issued
+    yield issued
+    drop_workspace(migrated_url, issued.workspace_id)
 
 
 @pytest.fixture
-def other_key(migrated_url: str) -> IssuedKey:
-    return _new_key(migrated_url)
+def other_key(migrated_url: str) -> Iterator[IssuedKey]:
+    issued = _new_key(migrated_url)
+    yield issued
+    drop_workspace(migrated_url, issued.workspace_id)
 
 
 def contact_types(url: str, workspace_id: int) -> list[str]:
