@@ -1,7 +1,8 @@
 """Compiled SQL against the fastest hand-written SQL for the same rules, on the
 same generated data, in the same run.
 
-    python bench/eval_sql.py [--scale 1.0] [--repeat 3] [--keep]
+    python bench/eval_sql.py [--scale 1.0] [--repeat 3] [--keep | --reuse SCHEMA]
+                             [--only hot_leads|engagement] [--jit on|off]
 
 --scale 1.0 is 1,000,000 contacts and about 20,000,000 events, loaded with
 COPY into a fresh schema of DATABASE_URL (default: the embedded PostgreSQL).
@@ -9,6 +10,8 @@ For each rule (the `hot_leads` segment and the `engagement` score of spec §1)
 it prints the best time of each hand-written variant, the compiled query's
 time, the ratio compiled / fastest hand-written, and both plans' shapes. The
 results of every query are compared: a benchmark of a wrong answer is void.
+Compiled and hand-written queries run in the same session, so under the same
+settings (--jit sets `jit` for all of them; the server's default otherwise).
 """
 
 from __future__ import annotations
@@ -222,6 +225,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the generated schema")
     parser.add_argument("--reuse", metavar="SCHEMA", help="measure on a schema kept by --keep")
+    parser.add_argument("--only", choices=["hot_leads", "engagement"], help="measure one rule")
+    parser.add_argument("--jit", choices=["on", "off"], help="the session's jit (all queries)")
     args = parser.parse_args()
     contacts = max(100, int(1_000_000 * args.scale))
 
@@ -235,6 +240,8 @@ def main() -> None:
             apply_migrations(conn, schema=schema)
     with psycopg.connect(url) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        if args.jit:
+            conn.execute(sql.SQL("SET jit = {}").format(sql.Literal(args.jit)))
         try:
             if args.reuse:
                 found = conn.execute("SELECT id FROM workspaces WHERE name = 'bench'").fetchone()
@@ -263,6 +270,8 @@ def main() -> None:
                 ),
             ]
             for name, compiled, hands, normal in cases:
+                if args.only and name != args.only:
+                    continue
                 params = compiled.bind(now=NOW_MICROS, workspace_id=ws)
                 compiled_time, compiled_rows = timed(conn, compiled.sql, params, args.repeat)
                 best_hand = float("inf")

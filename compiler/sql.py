@@ -34,12 +34,17 @@ them by cost: a top-level ``tag``/``event`` test becomes a semi-join driven by
 its index, and counts, sums and scores are correlated subqueries probing
 ``events(contact_pk, name, at)`` only for the contacts that passed the cheap
 filters. Batch queries (``score_values``, ``stages``, ``everything``) compute a
-value for every contact, so they read each table once instead: one grouped
-pass over the events (every aggregate a ``FILTER`` column), one over the
-tags, one over the subscriptions, joined on ``contact_pk``. That pass reads
-every event of the database up to ``now``, which is the fastest plan when the
-workspace holds most of them; in a database shared by many workspaces of
-similar size, restricting the pass to the workspace's contacts would pay off.
+value for every contact of the workspace. They read each contact's events in
+one ``CROSS JOIN LATERAL`` aggregate (every aggregate a ``FILTER`` column): one
+range scan of ``events(contact_pk, name, at)`` (or ``(contact_pk, at)``) per
+contact, restricted to the event names the rules read (``e.name IN (...)``)
+unless some rule reads ``event *``, index-only when no aggregate reads
+``props`` and the table is vacuumed. At 1,000,000 contacts and 20,000,000
+events this beats one grouped pass over all events (a hash aggregate over
+every event of the database, then a sort or a spill: about 1.4x slower), and
+it reads only the workspace's contacts in a shared database. Tags and
+subscriptions, a few rows per contact, are still read in one grouped pass
+each, joined on ``contact_pk``.
 """
 
 from __future__ import annotations
@@ -425,8 +430,9 @@ class Cond:
 
 
 class _Hoisted:
-    """Per-contact aggregates of a batch query over one table, computed in a
-    single grouped pass: ``LEFT JOIN (SELECT contact_pk, <aggregates> FROM
+    """Per-contact aggregates of a batch query over one table, computed
+    together: for events a LATERAL aggregate over the contact's rows, for
+    tags and subscriptions ``LEFT JOIN (SELECT contact_pk, <aggregates> FROM
     table WHERE ... GROUP BY contact_pk) AS alias``. Identical aggregates
     share a column."""
 
@@ -451,9 +457,10 @@ class _Visitor:
         # (``everything``): references read the column instead of inlining.
         self.bound: dict[NodeKey, exp.Expr] = {}
         self._event: str | None = None  # alias of the event row inside where (...)
-        # Batch queries (every contact of a workspace) read events, tags and
+        # Batch queries (every contact of a workspace) compute all event
+        # aggregates in one LATERAL per contact and read tags and
         # subscriptions in one grouped pass each; single-contact and segment
-        # queries probe the indexes per contact, after the cheap filters.
+        # queries probe the indexes per aggregate, after the cheap filters.
         self.batch = batch
         self.events = _Hoisted("ev")
         self.tags = _Hoisted("tg")
@@ -1079,7 +1086,7 @@ class _Visitor:
 
     def hoisted_event(self, spec: ast.EventSpec, aggregate: exp.Expr) -> exp.Expr:
         """The aggregate over the contact's matching events, as a column of the
-        batch query's grouped pass over events."""
+        batch query's LATERAL aggregate over the contact's events."""
         self.events.keys.add(spec.name)
         parts = self.event_filter(spec)
         if parts:
@@ -1087,17 +1094,17 @@ class _Visitor:
         return self.events.column(aggregate)
 
     def hoisted_joins(self, select: exp.Select) -> exp.Select:
-        """Join the grouped passes that the compiled expressions used."""
-        passes: list[tuple[_Hoisted, str, str, list[exp.Expr]]] = []
+        """Join the per-contact passes that the compiled expressions used: a
+        LATERAL aggregate over each contact's events, a grouped pass over the
+        tags and one over the subscriptions."""
         if self.events.columns:
-            where = [_binary(exp.LTE, _col("e", "at"), self.p.now())]
-            if None not in self.events.keys:
-                names = [self.text(k) for k in sorted(k for k in self.events.keys if k is not None)]
-                where.append(exp.In(this=_col("e", "name"), expressions=names))
-            passes.append((self.events, "events", "e", where))
+            select = self.events_lateral(select)
+        passes: list[tuple[_Hoisted, str, str, list[exp.Expr]]] = []
         if self.tags.columns:
             tags = sorted(k for k in self.tags.keys if k is not None)
-            where = [exp.In(this=_col("t", "tag"), expressions=[self.text(t) for t in tags])]
+            where: list[exp.Expr] = [
+                exp.In(this=_col("t", "tag"), expressions=[self.text(t) for t in tags])
+            ]
             passes.append((self.tags, "contact_tags", "t", where))
         if self.lists.columns:
             lists = sorted(k for k in self.lists.keys if k is not None)
@@ -1121,6 +1128,29 @@ class _Visitor:
                 join_type="LEFT",
             )
         return select
+
+    def events_lateral(self, select: exp.Select) -> exp.Select:
+        """``CROSS JOIN LATERAL (SELECT <aggregates> FROM events e WHERE
+        e.contact_pk = c.pk AND e.at <= now [AND e.name IN (...)])``: one
+        range of the index ``(contact_pk, name, at)`` per contact, index-only
+        when the aggregates read no ``props``. An aggregate without GROUP BY
+        yields exactly one row, so every contact is kept; its values over no
+        event (count 0, sum/min/max/bool_or NULL) are what the expressions
+        expect."""
+        where = [
+            _binary(exp.EQ, _col("e", "contact_pk"), _col("c", "pk")),
+            _binary(exp.LTE, _col("e", "at"), self.p.now()),
+        ]
+        if None not in self.events.keys:
+            names = [self.text(k) for k in sorted(k for k in self.events.keys if k is not None)]
+            where.append(exp.In(this=_col("e", "name"), expressions=names))
+        aggregates = (
+            exp.select(*(exp.alias_(a, n) for n, a in self.events.columns.values()))
+            .from_(exp.table_("events", alias="e"))
+            .where(_and(where))
+        )
+        table = exp.TableAlias(this=exp.to_identifier(self.events.alias))
+        return select.join(exp.Lateral(this=_subquery(aggregates), alias=table), join_type="CROSS")
 
     # ---- declarations -----------------------------------------------------------------------
 
@@ -1332,9 +1362,10 @@ class SqlCompiler:
 
     def everything(self) -> CompiledQuery:
         """One row per contact: id, each segment's membership, each score, the
-        stage. Events, tags and subscriptions are read in one grouped pass
-        each; a node that another one reads is computed once per contact in a
-        LATERAL subquery (fenced with OFFSET so it is not inlined back)."""
+        stage. Each contact's events are read in one LATERAL aggregate, tags
+        and subscriptions in one grouped pass each; a node that another one
+        reads is computed once per contact in a LATERAL subquery (fenced with
+        OFFSET so it is not inlined back)."""
         visitor, params = self._visitor(batch=True)
         referenced = _referenced_nodes(self.rules)
         laterals: list[exp.Expr] = []
@@ -1372,7 +1403,8 @@ class SqlCompiler:
         if lifecycle is not None:
             select = select.select(exp.alias_(visitor.stage_name(lifecycle), "stage"))
             columns.append(STAGE)
-        # The grouped passes first: the LATERAL subqueries read their columns.
+        # The event aggregates and grouped passes first: the LATERAL
+        # subqueries of the nodes read their columns.
         select = visitor.hoisted_joins(select)
         for lateral in laterals:
             select = select.join(lateral, join_type="CROSS")

@@ -817,8 +817,32 @@ def test_score_plan_reads_events_once(planned: Planned) -> None:
     conn, workspace = planned
     query = SqlCompiler(checked(SPEC_RULES)).score_values("engagement")
     nodes = plan_nodes(conn, query, workspace)
-    assert len([n for n in nodes if n.get("Relation Name") == "events"]) == 1
+    # One LATERAL aggregate per contact: a single range of an index on
+    # contact_pk, never a scan, hash or sort of all the events.
+    (scan,) = [n for n in nodes if n.get("Relation Name") == "events"]
+    assert "Index" in scan["Node Type"] and "contact_pk" in scan["Index Cond"]
     assert not [n for n in nodes if n.get("Subplan Name")]
+    assert not [n for n in nodes if n["Node Type"] == "Sort"]
+
+
+@pytest.mark.postgres
+def test_batch_queries_read_only_the_event_names_they_use(planned: Planned) -> None:
+    conn, workspace = planned
+    rules = checked(
+        """
+        score s { +1 per event "purchase" within 30d  +2 per event "email_open" }
+        lifecycle { customer when count(event "purchase") >= 2 or score.s > 3 }
+        """
+    )
+    compiler = SqlCompiler(rules)
+    for query in (compiler.score_values("s"), compiler.stages(), compiler.everything()):
+        nodes = plan_nodes(conn, query, workspace)
+        (scan,) = [n for n in nodes if n.get("Relation Name") == "events"]
+        assert scan["Node Type"] == "Index Only Scan"
+        assert scan["Index Name"] == "events_contact_pk_name_at_idx"
+        assert "contact_pk" in scan["Index Cond"]
+        # As a range of the index or checked on its entries, per the planner.
+        assert "name" in scan["Index Cond"] + scan.get("Filter", "")
 
 
 @pytest.mark.postgres
