@@ -113,6 +113,8 @@ def scan_comments(source: str) -> list[ast.Comment]:
     scan that skips string literals finds every ``#`` that starts a comment."""
     comments = []
     for number, line in enumerate(source.split("\n"), start=1):
+        if "#" not in line:
+            continue
         in_string = escaped = False
         for column, char in enumerate(line, start=1):
             if in_string:
