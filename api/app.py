@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from nudgel.api.db import make_pool, pool_of
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.problems import Problem, ProblemError, install_problem_handlers, problem_responses
-from nudgel.api.routers import ROUTERS, contacts, fields, tags
+from nudgel.api.routers import ROUTERS, contacts, events, fields, tags
 from nudgel.api.settings import Settings
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     openapi_tags = [
         contacts.OPENAPI_TAG,
+        events.OPENAPI_TAG,
         fields.OPENAPI_TAG,
         tags.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},

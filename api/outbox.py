@@ -31,6 +31,7 @@ EVENT_TYPES = frozenset(
         "contact.deleted",
         "contact.tagged",
         "contact.untagged",
+        "event.recorded",
         "field.created",
         "field.deleted",
         "tag.created",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from nudgel.api.routers import contacts, fields, tags
+from nudgel.api.routers import contacts, events, fields, tags
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: list[APIRouter] = [contacts.router, fields.router, tags.router]
+ROUTERS: list[APIRouter] = [contacts.router, events.router, fields.router, tags.router]
