@@ -35,14 +35,19 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def client(migrated_url: str) -> Iterator[TestClient]:
-    app = create_app(Settings(database_url=migrated_url, blocked_identifiers=["test@example.com"]))
+def contacts_client(url: str) -> Iterator[TestClient]:
+    """The app as the contact and event tests run it (one blocked email)."""
+    app = create_app(Settings(database_url=url, blocked_identifiers=["test@example.com"]))
     with TestClient(app) as client:
         yield client
 
 
-def _new_key(url: str) -> IssuedKey:
+@pytest.fixture(scope="module")
+def client(migrated_url: str) -> Iterator[TestClient]:
+    yield from contacts_client(migrated_url)
+
+
+def new_key(url: str) -> IssuedKey:
     with psycopg.connect(url, autocommit=True) as conn:
         return create_key(conn, f"ws_{secrets.token_hex(6)}", "test")
 
@@ -56,7 +61,7 @@ def drop_workspace(url: str, workspace_id: int) -> None:
 
 @pytest.fixture
 def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
-    issued = _new_key(migrated_url)
+    issued = new_key(migrated_url)
     for name, type_ in [("plan", "text"), ("company", "text"), ("ltv", "number")]:
         response = client.post(
             "/v1/fields", json={"name": name, "type": type_}, headers=bearer(issued)
@@ -68,7 +73,7 @@ def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
 
 @pytest.fixture
 def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = _new_key(migrated_url)
+    issued = new_key(migrated_url)
     yield issued
     drop_workspace(migrated_url, issued.workspace_id)
 

@@ -5,16 +5,14 @@ events surviving a merge on exactly one timeline."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey, create_key
-from nudgel.api.settings import Settings
+from nudgel.api.keys import IssuedKey
+from test_api_contacts import contacts_client, drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer, outbox_types
 
 pytestmark = pytest.mark.postgres
@@ -22,32 +20,19 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture(scope="module")
 def client(migrated_url: str) -> Iterator[TestClient]:
-    app = create_app(Settings(database_url=migrated_url, blocked_identifiers=["test@example.com"]))
-    with TestClient(app) as client:
-        yield client
-
-
-def _new_key(url: str) -> IssuedKey:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return create_key(conn, f"ws_{secrets.token_hex(6)}", "test")
-
-
-def drop_workspace(url: str, workspace_id: int) -> None:
-    # The shared test database must stay empty for the storage tests.
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
+    yield from contacts_client(migrated_url)
 
 
 @pytest.fixture
 def key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = _new_key(migrated_url)
+    issued = new_key(migrated_url)
     yield issued
     drop_workspace(migrated_url, issued.workspace_id)
 
 
 @pytest.fixture
 def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = _new_key(migrated_url)
+    issued = new_key(migrated_url)
     yield issued
     drop_workspace(migrated_url, issued.workspace_id)
 

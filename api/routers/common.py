@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from nudgel.api.auth import authenticate
 from nudgel.api.db import connection
-from nudgel.api.problems import problem_responses
+from nudgel.api.identity import IdentifierError
+from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
+from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
 
-__all__ = ["Conn", "resource_router"]
+__all__ = ["Conn", "identifier_problem", "resource_router", "settings_of"]
 
 Conn = Annotated[AsyncConnection, Depends(connection)]
 
@@ -30,3 +32,21 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
         responses=problem_responses(401, 422),
     )
     return router, {"name": tag, "description": description}
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def identifier_problem(error: IdentifierError) -> ProblemError:
+    """A 422 problem pointing at the body member that holds a bad identifier."""
+    return ProblemError(
+        422,
+        "Invalid identifier",
+        str(error),
+        type_=problem_type("validation"),
+        errors=[
+            FieldError(location="body", pointer=f"/{error.kind}", detail=str(error), code="invalid")
+        ],
+    )

@@ -27,9 +27,8 @@ from nudgel.api.contacts_store import UpsertInput, UpsertResult, add_tags, upser
 from nudgel.api.identity import IdentifierError, Identifiers, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
 from nudgel.api.pagination import PageParams, page_of
-from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
-from nudgel.api.routers.common import Conn, resource_router
-from nudgel.api.settings import Settings
+from nudgel.api.problems import ProblemError, problem_responses
+from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
 
 router, OPENAPI_TAG = resource_router(
     "/contacts",
@@ -38,23 +37,6 @@ router, OPENAPI_TAG = resource_router(
 )
 
 IdParam = Annotated[str, Path(description="The contact's id (`con_...`).")]
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _identifier_problem(error: IdentifierError) -> ProblemError:
-    return ProblemError(
-        422,
-        "Invalid identifier",
-        str(error),
-        type_=problem_type("validation"),
-        errors=[
-            FieldError(location="body", pointer=f"/{error.kind}", detail=str(error), code="invalid")
-        ],
-    )
 
 
 async def _view(tx: Transaction, pk: int) -> ContactOut:
@@ -95,7 +77,7 @@ async def _emit_upsert(tx: Transaction, result: UpsertResult, contact: ContactOu
     },
 )
 async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Request) -> object:
-    settings = _settings(request)
+    settings = settings_of(request)
     region = settings.default_phone_region
     try:
         identifiers = Identifiers.parse(
@@ -109,7 +91,7 @@ async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Reque
             normalise_blocked(settings.blocked_identifiers, region),
         )
     except IdentifierError as error:
-        raise _identifier_problem(error) from None
+        raise identifier_problem(error) from None
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay

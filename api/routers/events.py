@@ -27,8 +27,7 @@ from nudgel.api.identity import IdentifierError, Identifiers, Kind, normalise_bl
 from nudgel.api.mutation import PostWriter, Transaction, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
-from nudgel.api.routers.common import Conn, resource_router
-from nudgel.api.settings import Settings
+from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import (
@@ -174,23 +173,6 @@ class Timeline(ListResponse[EventOut]):
 _EVENT_COLUMNS = "'ev_' || e.pk AS id, c.id AS contact_id, e.name, e.at, e.props, e.source"
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _identifier_problem(error: IdentifierError) -> ProblemError:
-    return ProblemError(
-        422,
-        "Invalid identifier",
-        str(error),
-        type_=problem_type("validation"),
-        errors=[
-            FieldError(location="body", pointer=f"/{error.kind}", detail=str(error), code="invalid")
-        ],
-    )
-
-
 async def _locked_pk(tx: Transaction, contact_id: str) -> int:
     # FOR UPDATE: a merge or delete of this contact waits for the event, or
     # the event for it (and then finds the contact gone: 404).
@@ -235,7 +217,7 @@ async def _insert(tx: Transaction, pk: int, body: EventCreate) -> EventOut:
 async def record_event(body: EventCreate, writer: PostWriter, request: Request) -> object:
     identifiers: Identifiers | None = None
     if body.contact_id is None:
-        settings = _settings(request)
+        settings = settings_of(request)
         region = settings.default_phone_region
         kinds: tuple[Kind, ...] = ("email", "phone", "external_id")
         try:
@@ -245,7 +227,7 @@ async def record_event(body: EventCreate, writer: PostWriter, request: Request) 
                 normalise_blocked(settings.blocked_identifiers, region),
             )
         except IdentifierError as error:
-            raise _identifier_problem(error) from None
+            raise identifier_problem(error) from None
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
