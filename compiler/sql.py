@@ -55,7 +55,6 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -65,7 +64,7 @@ from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import CheckedRules
 from nudgel.dsl.diagnostics import InternalError
 from nudgel.dsl.textfold import FOLD_MAP, POSTGRES_FOLD_FROM, POSTGRES_FOLD_TO, fold
-from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND
+from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND, civil_from_days
 from sqlglot import exp
 
 __all__ = ["CompiledQuery", "SqlCompiler", "pg_timestamptz_text"]
@@ -121,32 +120,12 @@ def pg_timestamptz_text(micros: int) -> str:
     can reinterpret: ISO order with an explicit ``+00`` offset, any year
     PostgreSQL supports (``BC`` for year 0 and before)."""
     days, rest = divmod(micros, MICROS_PER_DAY)
-    year, month, day = _civil_from_days(days)
+    year, month, day = civil_from_days(days)
     seconds, fraction = divmod(rest, MICROS_PER_SECOND)
     clock = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{fraction:06d}"
     if year >= 1:
         return f"{year:04d}-{month:02d}-{day:02d} {clock}+00"
     return f"{1 - year:04d}-{month:02d}-{day:02d} {clock}+00 BC"
-
-
-_EPOCH_DAY = date(1970, 1, 1)
-_CYCLE_DAYS = 146_097  # the Gregorian calendar repeats every 400 years
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    # datetime.date covers years 1..9999 only; shift by whole 400-year cycles
-    # into its range and back (time offsets reach a few centuries past it).
-    low = (date.min - _EPOCH_DAY).days
-    high = (date.max - _EPOCH_DAY).days
-    years = 0
-    while days < low:
-        days += _CYCLE_DAYS
-        years -= 400
-    while days > high:
-        days -= _CYCLE_DAYS
-        years += 400
-    civil = _EPOCH_DAY + timedelta(days=days)
-    return civil.year + years, civil.month, civil.day
 
 
 @dataclass(frozen=True)
