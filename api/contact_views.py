@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nudgel.api.contact_models import ContactDetail, ContactOut, RecentEvent
+from nudgel.api.problems import ProblemError
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
@@ -27,6 +28,22 @@ async def find_pk(conn: AsyncConnection, workspace_id: int, contact_id: str) -> 
     )
     row = await cur.fetchone()
     return None if row is None else int(row[0])
+
+
+async def lock_contact(conn: AsyncConnection, workspace_id: int, contact_id: str) -> int:
+    """The pk of a contact, its row locked for the transaction (404 when unknown).
+
+    FOR UPDATE: a concurrent merge or delete of the contact waits for the
+    caller, or the caller for it (and then finds the contact gone: 404).
+    """
+    cur = await conn.execute(
+        "SELECT pk FROM contacts WHERE workspace_id = %s AND id = %s FOR UPDATE",
+        (workspace_id, contact_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise ProblemError.not_found(f"Contact {contact_id!r}")
+    return int(row[0])
 
 
 async def contact_views(

@@ -22,7 +22,7 @@ from nudgel.api.contact_models import (
     TagsAdd,
 )
 from nudgel.api.contact_query import compile_where
-from nudgel.api.contact_views import contact_views, detail_view, find_pk
+from nudgel.api.contact_views import contact_views, detail_view, find_pk, lock_contact
 from nudgel.api.contacts_store import UpsertInput, UpsertResult, add_tags, upsert, with_retries
 from nudgel.api.identity import IdentifierError, Identifiers, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
@@ -195,18 +195,6 @@ async def delete_contact(contact_id: IdParam, writer: Writer) -> object:
         return await tx.respond(200, deleted)
 
 
-async def _locked_pk(tx: Transaction, contact_id: str) -> int:
-    # FOR UPDATE: a concurrent merge or delete of this contact waits for us, or we for it.
-    cur = await tx.conn.execute(
-        "SELECT pk FROM contacts WHERE workspace_id = %s AND id = %s FOR UPDATE",
-        (tx.workspace_id, contact_id),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise ProblemError.not_found(f"Contact {contact_id!r}")
-    return int(row[0])
-
-
 @router.post(
     "/{contact_id}/tags",
     response_model=ContactOut,
@@ -218,7 +206,7 @@ async def tag_contact(contact_id: IdParam, body: TagsAdd, writer: PostWriter) ->
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
-        pk = await _locked_pk(tx, contact_id)
+        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
         added = await add_tags(tx, pk, body.tags)
         if added:
             await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
@@ -239,7 +227,7 @@ async def untag_contact(
     writer: Writer,
 ) -> object:
     async with writer.transaction() as tx:
-        pk = await _locked_pk(tx, contact_id)
+        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
         cur = await tx.conn.execute(
             "DELETE FROM contact_tags WHERE contact_pk = %s AND tag = %s", (pk, tag)
         )

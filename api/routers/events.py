@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request
 from nudgel.api.auth import Auth
-from nudgel.api.contact_views import contact_views, find_pk
+from nudgel.api.contact_views import contact_views, find_pk, lock_contact
 from nudgel.api.contacts_store import UpsertInput, UpsertResult, upsert, with_retries
 from nudgel.api.identity import IdentifierError, Identifiers, Kind, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, replayable
@@ -173,19 +173,6 @@ class Timeline(ListResponse[EventOut]):
 _EVENT_COLUMNS = "'ev_' || e.pk AS id, c.id AS contact_id, e.name, e.at, e.props, e.source"
 
 
-async def _locked_pk(tx: Transaction, contact_id: str) -> int:
-    # FOR UPDATE: a merge or delete of this contact waits for the event, or
-    # the event for it (and then finds the contact gone: 404).
-    cur = await tx.conn.execute(
-        "SELECT pk FROM contacts WHERE workspace_id = %s AND id = %s FOR UPDATE",
-        (tx.workspace_id, contact_id),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise ProblemError.not_found(f"Contact {contact_id!r}")
-    return int(row[0])
-
-
 async def _insert(tx: Transaction, pk: int, body: EventCreate) -> EventOut:
     cur = tx.conn.cursor(row_factory=dict_row)
     await cur.execute(
@@ -233,7 +220,7 @@ async def record_event(body: EventCreate, writer: PostWriter, request: Request) 
             return tx.replay
         if identifiers is None:
             assert body.contact_id is not None
-            pk = await _locked_pk(tx, body.contact_id)
+            pk = await lock_contact(tx.conn, tx.workspace_id, body.contact_id)
             event = await _insert(tx, pk, body)
         else:
             req = UpsertInput(
