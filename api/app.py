@@ -1,15 +1,17 @@
 """The FastAPI application: ``create_app(settings)``.
 
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
-server), applies pending migrations, and opens the connection pool; handlers
-find the pool and settings on ``app.state``. The blocking steps (starting the
-embedded server, ``apply_migrations``) run in a worker thread so the event
-loop never waits on them.
+server), applies pending migrations, opens the connection pool, and (unless
+``run_worker`` is off) starts the webhook delivery worker as a task that stops
+with the app; handlers find the pool and settings on ``app.state``. The
+blocking steps (starting the embedded server, ``apply_migrations``) run in a
+worker thread so the event loop never waits on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +20,13 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from nudgel.api import delivery
 from nudgel.api.db import make_pool, pool_of
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.problems import Problem, ProblemError, install_problem_handlers, problem_responses
-from nudgel.api.routers import ROUTERS, contacts, events, fields, tags
+from nudgel.api.routers import ROUTERS, contacts, events, fields, tags, webhooks
 from nudgel.api.settings import Settings
-from psycopg_pool import PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from nudgel import __version__
@@ -58,9 +61,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = make_pool(url, settings)
     await pool.open(wait=True)
     app.state.pool = pool
+    worker: tuple[asyncio.Task[None], AsyncConnectionPool] | None = None
+    stop = asyncio.Event()
+    if settings.run_worker:
+        # Its own small pool: deliveries never queue behind API requests.
+        worker_pool = delivery.make_worker_pool(url)
+        await worker_pool.open(wait=True)
+        task = asyncio.create_task(delivery.run_worker(worker_pool, settings, stop))
+        worker = (task, worker_pool)
     try:
         yield
     finally:
+        if worker is not None:
+            # Let the pass in progress finish (its requests are bounded by
+            # webhook_timeout); past that, cancel: the leases run out and
+            # the next worker retries those deliveries.
+            stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker[0], settings.webhook_timeout + 5)
+            await worker[1].close()
         await pool.close()
 
 
@@ -129,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.OPENAPI_TAG,
         fields.OPENAPI_TAG,
         tags.OPENAPI_TAG,
+        webhooks.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

@@ -59,11 +59,23 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds a request waits for a free connection."
     )
 
-    # Placeholders for webhook delivery (not used yet).
+    # Webhook delivery (nudgel.api.delivery).
+    run_worker: bool = Field(
+        default=True, description="Run the webhook delivery worker inside `nudgel serve`."
+    )
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_backoff_base: float = Field(default=5.0, gt=0, description="Seconds, doubled per try.")
     webhook_backoff_max: float = Field(default=3600.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_lease_margin: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds beyond webhook_timeout a claimed delivery stays reserved;"
+        " a crashed worker's deliveries are retried after that.",
+    )
+    webhook_poll_interval: float = Field(
+        default=1.0, gt=0, description="Seconds the worker waits when there is nothing to send."
+    )
 
     idempotency_retention_hours: int = Field(default=24, ge=1)
 

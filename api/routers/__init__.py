@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from nudgel.api.routers import contacts, events, fields, tags
+from nudgel.api.routers import contacts, events, fields, tags, webhooks
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: list[APIRouter] = [contacts.router, events.router, fields.router, tags.router]
+ROUTERS: list[APIRouter] = [
+    contacts.router,
+    events.router,
+    fields.router,
+    tags.router,
+    webhooks.router,
+]
