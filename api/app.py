@@ -24,7 +24,18 @@ from nudgel.api import delivery
 from nudgel.api.db import make_pool, pool_of
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.problems import Problem, ProblemError, install_problem_handlers, problem_responses
-from nudgel.api.routers import ROUTERS, contacts, events, fields, tags, webhooks
+from nudgel.api.routers import (
+    ROUTERS,
+    contacts,
+    events,
+    fields,
+    jobs,
+    rules,
+    segments,
+    tags,
+    test_clock,
+    webhooks,
+)
 from nudgel.api.settings import Settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
@@ -149,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fields.OPENAPI_TAG,
         tags.OPENAPI_TAG,
         webhooks.OPENAPI_TAG,
+        rules.OPENAPI_TAG,
+        segments.OPENAPI_TAG,
+        jobs.OPENAPI_TAG,
+        test_clock.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

@@ -8,10 +8,13 @@ or :data:`Writer` (PATCH, DELETE) and does all its work in one transaction::
             return tx.replay                      # stored response of a retry
         ...                                       # queries on tx.conn, scoped by tx.workspace_id
         await tx.emit("tag.created", data)        # outbox row, same transaction
+        tx.touch(pk, Change("contact.tagged", tags={"vip"}))  # re-evaluate the rules
         return await tx.respond(201, model)       # stores the response for replays
 
-Leaving the block commits (the change, its outbox events and the stored
-response together); an exception rolls all of it back.
+Leaving the block re-evaluates the deployed rules for every touched contact
+(``nudgel.api.realtime``), then commits the change, its outbox events, the
+new segment, score and stage state and the stored response together; an
+exception rolls all of it back.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
-from nudgel.api import idempotency, outbox
+from nudgel.api import idempotency, outbox, realtime
 from nudgel.api.auth import Auth
 from nudgel.api.db import connection
+from nudgel.api.rules_store import current_rules
 from psycopg import AsyncConnection
 from pydantic import BaseModel
 
@@ -54,6 +58,7 @@ class Transaction:
     replay: JSONResponse | None = None
     _key: str | None = None
     _responded: bool = field(default=False, repr=False)
+    _touched: dict[int, realtime.Change] = field(default_factory=dict, repr=False)
 
     async def emit(
         self, event_type: str, data: dict[str, Any], contact_pk: int | None = None
@@ -61,8 +66,37 @@ class Transaction:
         """Record an event in the outbox, in this transaction."""
         return await outbox.record(self.conn, self.workspace_id, event_type, data, contact_pk)
 
+    def touch(self, pk: int, change: realtime.Change) -> None:
+        """Contact ``pk`` changed: its rule results are re-evaluated before commit."""
+        known = self._touched.get(pk)
+        if known is None:
+            self._touched[pk] = change
+        else:
+            known.absorb(change)
+
+    async def forget(self, pks: list[int], reason: str) -> None:
+        """Contacts about to be deleted leave their segments (call before deleting)."""
+        for pk in pks:
+            self._touched.pop(pk, None)
+        await realtime.forget(self.conn, self.workspace_id, pks, reason)
+
+    async def reevaluate(self) -> None:
+        if not self._touched:
+            return
+        deployed = await current_rules(self.conn, self.workspace_id)
+        if deployed is None:
+            return
+        now = await realtime.evaluation_now(self.conn, self.workspace_id)
+        # In pk order, as every path that locks several contacts does.
+        for pk in sorted(self._touched):
+            await realtime.reevaluate(
+                self.conn, self.workspace_id, pk, self._touched[pk], deployed=deployed, now=now
+            )
+        self._touched.clear()
+
     async def respond(self, status: int, body: BaseModel) -> JSONResponse:
         """The response, stored for replays when the request has an Idempotency-Key."""
+        await self.reevaluate()
         content = body.model_dump(mode="json")
         if self._key is not None:
             await idempotency.complete(self.conn, self.workspace_id, self._key, status, content)
@@ -91,6 +125,7 @@ class WriteContext:
                 if stored is not None:
                     tx.replay = stored.to_response()
             yield tx
+            await tx.reevaluate()
             if self.idempotency_key is not None and tx.replay is None and not tx._responded:
                 # A handler that returns without tx.respond() would commit a
                 # claim with no response: every retry would then get 409.

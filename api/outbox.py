@@ -36,6 +36,10 @@ EVENT_TYPES = frozenset(
         "field.deleted",
         "tag.created",
         "tag.updated",
+        "segment.entered",
+        "segment.exited",
+        "score.changed",
+        "stage.changed",
     }
 )
 

@@ -70,6 +70,20 @@ EMAIL_CAPITALS = Code(
     "email compared with capitals",
     "email is stored lower-cased, so {literal} never matches",
 )
+# Deploying rules to the service: declarations checked against the
+# workspace's field definitions (POST /v1/fields).
+FIELD_NOT_DEFINED = Code(
+    "E270",
+    E,
+    "field not defined in the workspace",
+    "field `{name}` is not defined in this workspace",
+)
+FIELD_TYPE_DIFFERS = Code(
+    "E271",
+    E,
+    "field declared with another type",
+    "field `{name}` is declared `{declared}` here but is `{defined}` in this workspace",
+)
 
 REGISTRY: dict[str, Code] = {
     c.code: c
@@ -87,6 +101,8 @@ REGISTRY: dict[str, Code] = {
         NEVER_OR_ALWAYS,
         UNUSED_FIELD,
         EMAIL_CAPITALS,
+        FIELD_NOT_DEFINED,
+        FIELD_TYPE_DIFFERS,
     )
 }
 

@@ -229,6 +229,11 @@ def _number(contact: str, key: str, value: object) -> int | Decimal:
     return value
 
 
+def field_value(contact: str, name: str, field_type: Type, value: object) -> Any:
+    """A stored field value in its normalised form; ``DataError`` if it does not fit."""
+    return _field_value(contact, name, field_type, value)
+
+
 def _field_value(contact: str, name: str, field_type: Type, value: object) -> Any:
     if field_type.is_text_like:
         if not isinstance(value, str):

@@ -81,6 +81,14 @@ class Program:
         function: Callable[[Contact, int], Decimal] = self._only[("score", name)]
         return function
 
+    def stage(self, contact: Contact, now: int) -> str | None:
+        """The lifecycle stage alone (None without a lifecycle block)."""
+        function = self._only.get(("lifecycle", ""))
+        if function is None:
+            return None
+        rank: int | None = function(contact, now)
+        return self.stage_names[rank] if rank is not None else None
+
     def evaluate_all(self, contacts: Iterable[Contact], now: int | datetime) -> EvalResult:
         micros = to_micros(now)
         result = EvalResult(

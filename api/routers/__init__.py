@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from nudgel.api.routers import contacts, events, fields, tags, webhooks
+from nudgel.api.routers import (
+    contacts,
+    events,
+    fields,
+    jobs,
+    rules,
+    segments,
+    tags,
+    test_clock,
+    webhooks,
+)
 
 __all__ = ["ROUTERS"]
 
@@ -13,4 +23,8 @@ ROUTERS: list[APIRouter] = [
     fields.router,
     tags.router,
     webhooks.router,
+    rules.router,
+    segments.router,
+    jobs.router,
+    test_clock.router,
 ]

@@ -1,0 +1,165 @@
+"""A workspace's deployed rules: compiled against its field definitions,
+stored as numbered versions, loaded (and compiled once per process) for
+evaluation.
+
+Rule files may declare fields (``field plan: text``) or leave them out: the
+workspace's definitions (``/v1/fields``) are declared for them in a virtual
+file. A declaration must agree with the definition (E271) and name a defined
+field (E270): the service only stores values of defined fields, so a rule
+about any other could never hold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nudgel.api.contact_fields import field_types
+from nudgel.dsl import ast
+from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
+from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic
+from nudgel.dsl.parser import parse
+from nudgel.runtime.dependencies import DependencySet, NodeKey
+from nudgel.runtime.next_change import TimePlan, time_plan
+from nudgel.runtime.program import Program
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+__all__ = ["DeployedRules", "compile_for_workspace", "current_rules", "store_version"]
+
+WORKSPACE_FIELDS = "<workspace fields>"
+
+
+def compile_for_workspace(
+    files: Mapping[str, str], definitions: Mapping[str, ast.Type]
+) -> CheckResult:
+    """Check ``files`` with the workspace's field definitions declared."""
+    declared: dict[str, ast.FieldDecl] = {}
+    extra: list[Diagnostic] = []
+    for path in sorted(files):
+        parsed = parse(files[path], path)
+        if parsed.file is None:
+            continue
+        for decl in parsed.file.declarations:
+            if not isinstance(decl, ast.FieldDecl):
+                continue
+            declared.setdefault(decl.name, decl)
+            defined = definitions.get(decl.name)
+            if defined is None:
+                extra.append(
+                    FIELD_NOT_DEFINED(
+                        decl.name_span,
+                        help=f'define it first: POST /v1/fields {{"name": "{decl.name}", ...}}',
+                        name=decl.name,
+                    )
+                )
+            elif decl.type_name != defined.value:
+                extra.append(
+                    FIELD_TYPE_DIFFERS(
+                        decl.type_span,
+                        help=f"declare it `{defined.value}`, or leave the declaration out",
+                        name=decl.name,
+                        declared=decl.type_name,
+                        defined=defined.value,
+                    )
+                )
+    implicit = "".join(
+        f"field {name}: {type_.value}\n"
+        for name, type_ in sorted(definitions.items())
+        if name not in declared
+    )
+    sources = dict(files)
+    if implicit:
+        sources[WORKSPACE_FIELDS] = implicit
+    result = check_sources(sources)
+    # The implicit declarations are not the user's: no "declared but never used".
+    diagnostics = [d for d in result.diagnostics if d.span.file != WORKSPACE_FIELDS]
+    diagnostics.extend(extra)
+    diagnostics.sort(key=Diagnostic.sort_key)
+    rules = result.rules if not extra else None
+    return CheckResult(rules, tuple(diagnostics))
+
+
+@dataclass(frozen=True)
+class DeployedRules:
+    """A version of a workspace's rules, compiled for evaluation."""
+
+    version: int
+    files: Mapping[str, str]
+    rules: CheckedRules
+    program: Program
+    plan: TimePlan
+    dependencies: Mapping[NodeKey, DependencySet]
+    # Event names the rules read (None: every event, `event *` is used).
+    event_names: frozenset[str] | None
+
+    @classmethod
+    def build(cls, version: int, files: Mapping[str, str], rules: CheckedRules) -> DeployedRules:
+        program = Program.compile(rules)
+        names: set[str] = set()
+        any_event = False
+        for deps in program.dependencies.values():
+            names |= deps.events
+            any_event |= deps.any_event
+        return cls(
+            version,
+            dict(files),
+            rules,
+            program,
+            time_plan(rules),
+            program.dependencies,
+            None if any_event else frozenset(names),
+        )
+
+
+# (workspace, version, field definitions) -> compiled rules. Compiling is
+# milliseconds to a second; every mutation needs the program.
+_compiled: dict[tuple[int, int, str], DeployedRules] = {}
+
+
+async def current_rules(conn: AsyncConnection, workspace_id: int) -> DeployedRules | None:
+    """The rules in force for the workspace, or None when none are deployed."""
+    cur = await conn.execute(
+        "SELECT version, files FROM rule_sets WHERE workspace_id = %s"
+        " ORDER BY version DESC LIMIT 1",
+        (workspace_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    version, files = int(row[0]), row[1]
+    definitions = await field_types(conn, workspace_id)
+    signature = json.dumps(sorted((k, v.value) for k, v in definitions.items()))
+    key = (workspace_id, version, signature)
+    deployed = _compiled.get(key)
+    if deployed is None:
+        result = compile_for_workspace(files, definitions)
+        if result.rules is None:
+            # A field definition changed under deployed rules (deleting a
+            # field the rules use is refused, so this is a bug).
+            raise RuntimeError(
+                f"deployed rules v{version} of workspace {workspace_id} no longer compile"
+            )
+        deployed = DeployedRules.build(version, files, result.rules)
+        if len(_compiled) > 256:
+            _compiled.clear()
+        _compiled[key] = deployed
+    return deployed
+
+
+async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]) -> int:
+    """Record ``files`` as the workspace's next version (in the caller's transaction)."""
+    # Serialise deploys of one workspace: the version numbers stay dense.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('nudgel.rules'), %s::int)", (workspace_id,)
+    )
+    cur = await conn.execute(
+        "INSERT INTO rule_sets (workspace_id, version, files)"
+        " SELECT %s, coalesce(max(version), 0) + 1, %s FROM rule_sets WHERE workspace_id = %s"
+        " RETURNING version",
+        (workspace_id, Jsonb(dict(files)), workspace_id),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,140 @@
+"""`nudgel rules apply DIR` and `nudgel rules verify`: deploy a workspace's
+rules from the command line (with the backfill's progress bar), and check
+the stored real-time state against a fresh SQL evaluation."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+from nudgel.api.backfill import run_backfill
+from nudgel.api.db import make_pool
+from nudgel.api.deploy import deploy, verify
+from nudgel.api.embedded import database_url_from_env
+from nudgel.api.settings import Settings
+from nudgel.cli.rulec import collect_rule_files
+from nudgel.dsl.render import render_human
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["rules"]
+
+
+@click.group()
+def rules() -> None:
+    """Deploy and verify a workspace's segments, scores and lifecycle."""
+
+
+async def _workspace_id(conn: AsyncConnection, name: str) -> int:
+    cur = await conn.execute("SELECT id FROM workspaces WHERE name = %s", (name,))
+    row = await cur.fetchone()
+    if row is None:
+        raise click.ClickException(f"no workspace named {name!r}")
+    return int(row[0])
+
+
+def _read_sources(paths: tuple[str, ...]) -> dict[str, str]:
+    sources: dict[str, str] = {}
+    for path in collect_rule_files(paths):
+        base = next((Path(p) for p in paths if Path(p).is_dir() and path.is_relative_to(p)), None)
+        name = str(path.relative_to(base)) if base is not None else path.name
+        try:
+            sources[name] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise click.ClickException(f"{path}: not valid UTF-8 ({error.reason})") from None
+    return sources
+
+
+def _pool() -> AsyncConnectionPool:
+    settings = Settings()
+    return make_pool(database_url_from_env(), settings)
+
+
+@rules.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--workspace", required=True, help="The workspace's name.")
+def apply(paths: tuple[str, ...], workspace: str) -> None:
+    """Compile PATHS (files or folders of .rules) and deploy them; with errors,
+    print them like `rulec check` and change nothing (exit 1)."""
+    sources = _read_sources(paths)
+    sys.exit(asyncio.run(_apply(sources, workspace)))
+
+
+async def _apply(sources: dict[str, str], workspace: str) -> int:
+    pool = _pool()
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            workspace_id = await _workspace_id(conn, workspace)
+            async with conn.transaction():
+                deployment = await deploy(conn, workspace_id, sources)
+        if deployment.diagnostics:
+            click.echo(render_human(deployment.diagnostics, sources), err=True, nl=False)
+        if deployment.version is None:
+            return 1
+        if deployment.unchanged:
+            click.echo(f"version {deployment.version} is already in force; nothing to do")
+            return 0
+        click.echo(f"deployed version {deployment.version}; evaluating every contact")
+        assert deployment.job_id is not None and deployment.deployed is not None
+        task = asyncio.create_task(
+            run_backfill(
+                pool, workspace_id, deployment.job_id, deployment.deployed, deployment.silent
+            )
+        )
+        status, error = await _follow(pool, deployment.job_id, task)
+        if status != "succeeded":
+            click.echo(f"the backfill failed: {error}", err=True)
+            return 1
+        return 0
+    finally:
+        await pool.close()
+
+
+async def _follow(
+    pool: AsyncConnectionPool, job_id: str, task: asyncio.Task[None]
+) -> tuple[str, str | None]:
+    """Show the job's progress until it ends; its final status and error."""
+    shown = 0
+    with click.progressbar(length=1, label="backfill", show_pos=True) as bar:
+        while True:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT status, total, done, error FROM jobs WHERE id = %s", (job_id,)
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            status, total, done, error = row
+            if total and bar.length != total:
+                bar.length = total
+            if done > shown:
+                bar.update(done - shown)
+                shown = done
+            if task.done() and status in ("succeeded", "failed"):
+                return status, error
+            await asyncio.sleep(0.2)
+
+
+@rules.command(name="verify")
+@click.option("--workspace", required=True, help="The workspace's name.")
+def verify_command(workspace: str) -> None:
+    """Recompute every membership, score and stage with the SQL backend and
+    report each difference from the stored real-time state (exit 1 if any)."""
+    sys.exit(asyncio.run(_verify(workspace)))
+
+
+async def _verify(workspace: str) -> int:
+    pool = _pool()
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            workspace_id = await _workspace_id(conn, workspace)
+            drifts = await verify(conn, workspace_id)
+    finally:
+        await pool.close()
+    for drift in drifts:
+        click.echo(str(drift))
+    click.echo(f"{len(drifts)} difference{'s' if len(drifts) != 1 else ''}", err=True)
+    return 1 if drifts else 0
