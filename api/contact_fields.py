@@ -29,20 +29,26 @@ async def field_types(conn: AsyncConnection, workspace_id: int) -> dict[str, Typ
     return {name: FIELD_TYPES[type_name] for name, type_name in await cur.fetchall()}
 
 
-def _invalid(name: str, detail: str, code: str) -> ProblemError:
+def _invalid(name: str, detail: str, code: str, within: str) -> ProblemError:
     return ProblemError(
         422,
         "Invalid field value",
         detail,
         type_=problem_type("validation"),
-        errors=[FieldError(location="body", pointer=f"/fields/{name}", detail=detail, code=code)],
+        errors=[
+            FieldError(location="body", pointer=f"{within}/fields/{name}", detail=detail, code=code)
+        ],
     )
 
 
-def stored_fields_json(values: Mapping[str, Any], types: Mapping[str, Type]) -> str:
+def stored_fields_json(
+    values: Mapping[str, Any], types: Mapping[str, Type], within: str = ""
+) -> str:
     """The non-empty values as JSON text in stored form; a 422 problem for the first bad one.
 
     ``null`` and ``""`` mean "not given" (an upsert never clears a value).
+    ``within`` is the JSON pointer of the object holding ``fields`` in the
+    request body (``/traits`` for an event's traits), for the problem's pointer.
     """
     for name in values:
         if name not in types:
@@ -50,6 +56,7 @@ def stored_fields_json(values: Mapping[str, Any], types: Mapping[str, Type]) -> 
                 name,
                 f"Field {name!r} is not defined in this workspace; create it with POST /v1/fields.",
                 "unknown_field",
+                within,
             )
     try:
         loaded = load_contact({"id": "request", "fields": dict(values)}, types, frozenset())
@@ -59,6 +66,7 @@ def stored_fields_json(values: Mapping[str, Any], types: Mapping[str, Type]) -> 
             f"Field {error.field!r} has type {types[error.field].value}:"
             f" the value must be {error.expected}.",
             "field_type",
+            within,
         ) from None
     stored = {
         name: stored_field(value, types[name])

@@ -7,21 +7,31 @@ from typing import Annotated, Any, Literal
 
 from nudgel.api.pagination import ListResponse
 from nudgel.api.routers.tags import TagName
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "DEFAULT_SOURCE",
+    "PRINTABLE_TEXT",
     "ContactDetail",
     "ContactList",
     "ContactOut",
     "ContactTag",
+    "ContactTraits",
     "ContactUpsert",
     "DeletedContact",
+    "Origin",
     "RecentEvent",
+    "Source",
     "Subscription",
     "TagsAdd",
 ]
 
 Identifier = Annotated[str, StringConstraints(max_length=320)]
+# Printable text without surrounding white space (as tag and event names).
+PRINTABLE_TEXT = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+Source = Annotated[str, StringConstraints(pattern=PRINTABLE_TEXT, min_length=1, max_length=100)]
+# What a write that names no source records as the origin of the values it sets.
+DEFAULT_SOURCE = "api"
 EXAMPLE: dict[str, Any] = {
     "email": "ada@example.co.ke",
     "phone": "+254712345678",
@@ -31,8 +41,12 @@ EXAMPLE: dict[str, Any] = {
 }
 
 
-class ContactUpsert(BaseModel):
-    """Create or update the contact these identifiers name (merging several into one)."""
+class ContactTraits(BaseModel):
+    """Profile attributes and custom field values, applied as an upsert.
+
+    The body of ``POST /v1/contacts`` (with ``source``) and the ``traits`` of an
+    event: one model, so both are validated the same way.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
 
@@ -60,6 +74,29 @@ class ContactUpsert(BaseModel):
         default_factory=dict,
         description="Custom field values, each of the type its definition (/v1/fields) declares."
         " `null` or empty text leaves a stored value alone.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _trimmed_name(cls, value: str | None) -> str | None:
+        # Blank means "not given", as for every other value: it never clears a name.
+        if value is None:
+            return None
+        return value.strip() or None
+
+
+class ContactUpsert(ContactTraits):
+    """Create or update the contact these identifiers name (merging several into one)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{**EXAMPLE, "source": "form"}]}
+    )
+
+    source: Source = Field(
+        default=DEFAULT_SOURCE,
+        description="Where the values come from (`form`, `api`, `ecommerce`, `campaign`,"
+        " `page` or a custom name): recorded as the origin of each value this request"
+        " changes. Default `api`.",
     )
 
 
@@ -107,8 +144,38 @@ class ContactOut(BaseModel):
     updated_at: datetime | None
 
 
+class Origin(BaseModel):
+    source: str = Field(description="The source of the write that set the value.")
+    at: datetime = Field(
+        description="When the service stored the value (the server's time of the write, in"
+        " UTC; not the `at` of the event that carried it)."
+    )
+
+
 class ContactDetail(ContactOut):
     recent_events: list[RecentEvent] = Field(description="The latest events, newest first.")
+    first_seen: datetime | None = Field(
+        description="The earliest `at` on the contact's timeline (every event it shows, those"
+        " a merge brought over and `contact.merged` included); `null` without events."
+        " `created_at` is when the profile was created, which may be later or earlier."
+    )
+    last_seen: datetime | None = Field(
+        description="The latest `at` on the contact's timeline; `null` without events."
+    )
+    event_counts: dict[str, int] = Field(
+        description='The number of events on the timeline by name, e.g. `{"order.placed": 3}`.'
+    )
+    sources: list[str] = Field(
+        description="Every source seen on the timeline's events and in `origins`, sorted."
+    )
+    origins: dict[str, Origin] = Field(
+        description="Where each value of the profile came from: keyed by attribute (`email`,"
+        " `phone`, `whatsapp_id`, `external_id`, `name`, `push_tokens`) or by `fields.` and the"
+        " custom field's name (e.g. `fields.plan`), the source and time of the write that last"
+        " changed it. A write that resends a stored value keeps its origin; a merge keeps the"
+        " origin of each value that wins. `push_tokens` is the write that last added a token."
+        " Values stored before origins were recorded have no entry."
+    )
 
 
 class ContactList(ListResponse[ContactOut]):

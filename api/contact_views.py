@@ -1,6 +1,12 @@
 """Reading contacts as the API shows them: profile, fields, tags with colours,
-subscriptions and (for one contact) recent events. A few set-based queries per
-page, never one per contact."""
+subscriptions and (for one contact) recent events, the timeline's roll-ups and
+the values' origins. A few set-based queries per page, never one per contact.
+
+The roll-ups (first/last seen, counts by name, sources) are aggregated from
+the events table when read, not kept as counters: a merge moves events and a
+delete cascades them, and a read-time aggregate is right after both without
+any bookkeeping. One query on the (contact_pk, name, at) index, for the
+detail view only, so lists stay as cheap as before."""
 
 from __future__ import annotations
 
@@ -8,12 +14,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from nudgel.api.contact_models import ContactDetail, ContactOut, RecentEvent
+from nudgel.api.contact_models import ContactDetail, ContactOut, Origin, RecentEvent
+from nudgel.api.contacts_store import UpsertResult
+from nudgel.api.identity import KINDS
+from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-__all__ = ["PROFILE_COLUMNS", "contact_views", "detail_view", "find_pk"]
+__all__ = ["PROFILE_COLUMNS", "contact_views", "detail_view", "emit_upsert", "find_pk"]
 
 PROFILE_COLUMNS = (
     "pk, id, email, phone, whatsapp_id, external_id, name, push_tokens, fields,"
@@ -86,6 +95,7 @@ async def detail_view(conn: AsyncConnection, workspace_id: int, pk: int) -> Cont
     views = await contact_views(conn, workspace_id, [pk])
     if not views:
         return None
+    view = views[0]
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT 'ev_' || pk AS id, name, at, props, source FROM events"
@@ -93,4 +103,57 @@ async def detail_view(conn: AsyncConnection, workspace_id: int, pk: int) -> Cont
         (pk, RECENT_EVENTS),
     )
     events = [RecentEvent.model_validate(r) for r in await cur.fetchall()]
-    return ContactDetail(**views[0].model_dump(), recent_events=events)
+    await cur.execute(
+        "SELECT name, count(*) AS n, min(at) AS first, max(at) AS last,"
+        " array_remove(array_agg(DISTINCT source), NULL) AS sources"
+        " FROM events WHERE contact_pk = %s GROUP BY name ORDER BY name",
+        (pk,),
+    )
+    groups = await cur.fetchall()
+    await cur.execute("SELECT origins FROM contacts WHERE pk = %s", (pk,))
+    row = await cur.fetchone()
+    origins = _present_origins(view, row["origins"] if row is not None else {})
+    sources = {s for g in groups for s in g["sources"]} | {o.source for o in origins.values()}
+    return ContactDetail(
+        **view.model_dump(),
+        recent_events=events,
+        first_seen=min((g["first"] for g in groups), default=None),
+        last_seen=max((g["last"] for g in groups), default=None),
+        event_counts={g["name"]: int(g["n"]) for g in groups},
+        sources=sorted(sources),
+        origins=origins,
+    )
+
+
+def _present_origins(view: ContactOut, stored: dict[str, Any]) -> dict[str, Origin]:
+    """The stored origins of the values the profile shows.
+
+    A value can leave the profile without an upsert (a field definition
+    dropped, say); its origin is then stale, and is not shown.
+    """
+    present: set[str] = {key for key in (*KINDS, "name") if getattr(view, key) is not None}
+    if view.push_tokens:
+        present.add("push_tokens")
+    present |= {f"fields.{name}" for name in view.fields}
+    return {key: Origin.model_validate(o) for key, o in sorted(stored.items()) if key in present}
+
+
+async def emit_upsert(tx: Transaction, result: UpsertResult) -> ContactOut:
+    """The outbox events of an upsert (by ``POST /v1/contacts`` or an event's traits);
+    returns the contact as it now is."""
+    views = await contact_views(tx.conn, tx.workspace_id, [result.pk])
+    contact = views[0]
+    data: dict[str, Any] = contact.model_dump(mode="json")
+    if result.status == 201:
+        await tx.emit("contact.created", data, result.pk)
+    elif result.merged_ids:
+        await tx.emit(
+            "contact.merged",
+            {"id": contact.id, "merged_ids": result.merged_ids, "contact": data},
+            result.pk,
+        )
+    elif result.changed:
+        await tx.emit("contact.updated", data, result.pk)
+    if result.added_tags:
+        await tx.emit("contact.tagged", {"id": contact.id, "tags": result.added_tags}, result.pk)
+    return contact

@@ -10,7 +10,17 @@ Within the request's transaction, :func:`upsert`:
    identifiers the survivor lacks are taken from the others (oldest first),
    the others are deleted, and the merge is an event on the survivor's
    timeline; the request's non-empty values win over all stored ones,
-5. adds the request's tags, and writes the outbox events.
+5. records the origin (the request's source, the time of the write) of each
+   value that is new to all the contacts involved; a value one of them
+   already held keeps that contact's origin, so origins follow the values
+   that win a merge (migration 0006),
+6. adds the request's tags; the caller writes the outbox events
+   (``contact_views.emit_upsert``).
+
+A request may also name a contact by id (``anchor_id``, an event's
+``contact_id`` with traits): that contact joins the matches whatever its
+identifiers, so the request's identifiers can merge others into it (or it
+into an older one).
 
 The locks make two requests that share an identifier run one after the
 other. Identifiers a merge takes over from a deleted contact are not locked
@@ -31,6 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from nudgel.api.contact_models import DEFAULT_SOURCE
 from nudgel.api.identity import KINDS, Identifiers, Kind, lock_identifiers
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError, problem_type
@@ -85,6 +96,8 @@ class UpsertInput:
     push_tokens: Sequence[str]
     tags: Sequence[str]
     fields_json: str  # stored form, from contact_fields.stored_fields_json
+    source: str = DEFAULT_SOURCE  # recorded as the origin of the values the request changes
+    anchor_id: str | None = None  # a contact named by id: always one of the matches (else 404)
 
 
 @dataclass
@@ -99,7 +112,7 @@ class UpsertResult:
 
 _ROW = (
     "pk, id, email, phone, whatsapp_id, external_id, name, push_tokens, fields::text AS fields,"
-    " unmatched_identifiers"
+    " unmatched_identifiers, origins"
 )
 
 
@@ -110,24 +123,29 @@ def _fields(text: str) -> dict[str, Any]:
 
 
 async def _matches(
-    conn: AsyncConnection, workspace_id: int, ids: Mapping[Kind, str]
+    conn: AsyncConnection, workspace_id: int, ids: Mapping[Kind, str], anchor_id: str | None
 ) -> list[dict[str, Any]]:
-    if not ids:
+    if not ids and anchor_id is None:
         return []
     # The same predicate as the partial unique indexes (migration 0004): blocked
     # values stored on a contact never match, and each arm is an index probe.
-    arms = " OR ".join(
+    arms = [
         f"({kind} = %({kind})s AND NOT ('{kind}' = ANY (unmatched_identifiers)))" for kind in ids
-    )
-    params: dict[str, Any] = {"ws": workspace_id}
+    ]
+    if anchor_id is not None:
+        arms.append("id = %(anchor)s")
+    params: dict[str, Any] = {"ws": workspace_id, "anchor": anchor_id}
     params.update({str(kind): value for kind, value in ids.items()})
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        f"SELECT {_ROW} FROM contacts WHERE workspace_id = %(ws)s AND ({arms})"
+        f"SELECT {_ROW} FROM contacts WHERE workspace_id = %(ws)s AND ({' OR '.join(arms)})"
         " ORDER BY created_at ASC NULLS LAST, pk FOR UPDATE",
         params,
     )
-    return list(await cur.fetchall())
+    found = list(await cur.fetchall())
+    if anchor_id is not None and not any(r["id"] == anchor_id for r in found):
+        raise ProblemError.not_found(f"Contact {anchor_id!r}")
+    return found
 
 
 def _external_id_conflict(req: Identifiers, found: Sequence[dict[str, Any]]) -> None:
@@ -195,6 +213,54 @@ def _merged_profile(
     return profile, unmatched
 
 
+def _merged_origins(
+    req: UpsertInput, found: Sequence[dict[str, Any]], profile: Mapping[str, Any], stamp: str
+) -> dict[str, Any]:
+    """The survivor's origins for ``profile`` (see the module docstring, step 5).
+
+    A value held by one of the contacts (survivor first) keeps that contact's
+    origin, even none (a value stored before origins were recorded): it did
+    not change. Only a value new to all of them is stamped with the request's.
+    """
+    mine = {"source": req.source, "at": stamp}
+    out: dict[str, Any] = {}
+
+    def carry(key: str, held: list[bool], given: bool) -> None:
+        holder = next((r for r, has in zip(found, held, strict=True) if has), None)
+        if holder is not None:
+            if key in holder["origins"]:
+                out[key] = holder["origins"][key]
+        elif given:
+            out[key] = mine
+
+    requested: dict[str, Any] = {str(k): v for k, v in req.identifiers.values.items()}
+    requested["name"] = req.name
+    for key in (*KINDS, "name"):
+        value = profile[key]
+        if value is not None:
+            carry(key, [r[key] == value for r in found], requested.get(key) == value)
+    tokens = profile["push_tokens"]
+    known = {t for r in found for t in r["push_tokens"]}
+    if any(t not in known for t in tokens):
+        out["push_tokens"] = mine  # the request added a token
+    elif tokens:
+        # The union of the contacts' tokens: the latest addition among them.
+        # Stamps are fixed-width UTC text, so they sort as the times do.
+        stamps = [r["origins"]["push_tokens"] for r in found if "push_tokens" in r["origins"]]
+        if stamps:
+            out["push_tokens"] = max(stamps, key=lambda o: str(o["at"]))
+    values = _fields(profile["fields"])
+    stored = [_fields(r["fields"]) for r in found]
+    given = _fields(req.fields_json)
+    for name, value in values.items():
+        carry(
+            f"fields.{name}",
+            [f.get(name) == value for f in stored],
+            name in given and given[name] == value,
+        )
+    return out
+
+
 def _changed(before: dict[str, Any], profile: Mapping[str, Any], unmatched: list[str]) -> bool:
     for key, value in profile.items():
         if key == "fields":
@@ -207,23 +273,26 @@ def _changed(before: dict[str, Any], profile: Mapping[str, Any], unmatched: list
 
 _SET = ", ".join(f"{c} = %({c})s" for c in (*KINDS, "name")) + (
     ", push_tokens = %(push_tokens)s, fields = %(fields)s::jsonb,"
-    " unmatched_identifiers = %(unmatched)s::text[]"
+    " unmatched_identifiers = %(unmatched)s::text[], origins = %(origins)s"
 )
 
 
-async def _create(tx: Transaction, profile: dict[str, Any], unmatched: list[str]) -> UpsertResult:
+async def _create(
+    tx: Transaction, profile: dict[str, Any], unmatched: list[str], origins: dict[str, Any]
+) -> UpsertResult:
     contact_id = new_contact_id()
     cur = await tx.conn.execute(
         "INSERT INTO contacts (workspace_id, id, email, phone, whatsapp_id, external_id, name,"
-        " push_tokens, fields, unmatched_identifiers) VALUES (%(ws)s, %(id)s, %(email)s,"
+        " push_tokens, fields, unmatched_identifiers, origins) VALUES (%(ws)s, %(id)s, %(email)s,"
         " %(phone)s, %(whatsapp_id)s, %(external_id)s, %(name)s, %(push_tokens)s,"
-        " %(fields)s::jsonb, %(unmatched)s::text[]) RETURNING pk",
+        " %(fields)s::jsonb, %(unmatched)s::text[], %(origins)s) RETURNING pk",
         {
             **profile,
             "ws": tx.workspace_id,
             "id": contact_id,
             "push_tokens": Jsonb(profile["push_tokens"]),
             "unmatched": unmatched,
+            "origins": Jsonb(origins),
         },
     )
     row = await cur.fetchone()
@@ -254,16 +323,27 @@ async def _absorb(conn: AsyncConnection, survivor: dict[str, Any], others: list[
     await conn.execute("DELETE FROM contacts WHERE pk = ANY(%s)", (others,))
 
 
+async def _stamp(conn: AsyncConnection) -> str:
+    """The transaction's now() (the ``updated_at`` this write stores) as fixed-width UTC text."""
+    cur = await conn.execute(
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
     """One attempt; run it under :func:`with_retries`."""
     conn = tx.conn
     ids = req.identifiers
     await lock_identifiers(conn, tx.workspace_id, ids)
-    found = await _matches(conn, tx.workspace_id, ids.matchable)
+    found = await _matches(conn, tx.workspace_id, ids.matchable, req.anchor_id)
     _external_id_conflict(ids, found)
     profile, unmatched = _merged_profile(req, found)
+    origins = _merged_origins(req, found, profile, await _stamp(conn))
     if not found:
-        result = await _create(tx, profile, unmatched)
+        result = await _create(tx, profile, unmatched, origins)
     else:
         survivor, others = found[0], found[1:]
         result = UpsertResult(200, survivor["pk"], survivor["id"])
@@ -272,8 +352,9 @@ async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
             await _absorb(conn, survivor, [r["pk"] for r in others])
             await conn.execute(
                 "INSERT INTO events (contact_pk, name, at, props, source)"
-                " VALUES (%s, 'contact.merged', now(), %s, 'api')",
-                (survivor["pk"], Jsonb({"merged_ids": result.merged_ids})),
+                " VALUES (%s, 'contact.merged', now(), %s, %s)",
+                # The request's source: the touchpoint that brought the identities together.
+                (survivor["pk"], Jsonb({"merged_ids": result.merged_ids}), req.source),
             )
         result.changed = bool(others) or _changed(survivor, profile, unmatched)
         if result.changed:
@@ -283,6 +364,7 @@ async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
                     **profile,
                     "push_tokens": Jsonb(profile["push_tokens"]),
                     "unmatched": unmatched,
+                    "origins": Jsonb(origins),
                     "pk": survivor["pk"],
                 },
             )

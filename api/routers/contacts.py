@@ -22,7 +22,13 @@ from nudgel.api.contact_models import (
     TagsAdd,
 )
 from nudgel.api.contact_query import compile_where
-from nudgel.api.contact_views import contact_views, detail_view, find_pk, lock_contact
+from nudgel.api.contact_views import (
+    contact_views,
+    detail_view,
+    emit_upsert,
+    find_pk,
+    lock_contact,
+)
 from nudgel.api.contacts_store import UpsertInput, UpsertResult, add_tags, upsert, with_retries
 from nudgel.api.identity import IdentifierError, Identifiers, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
@@ -44,22 +50,6 @@ async def _view(tx: Transaction, pk: int) -> ContactOut:
     return views[0]
 
 
-async def _emit_upsert(tx: Transaction, result: UpsertResult, contact: ContactOut) -> None:
-    data: dict[str, Any] = contact.model_dump(mode="json")
-    if result.status == 201:
-        await tx.emit("contact.created", data, result.pk)
-    elif result.merged_ids:
-        await tx.emit(
-            "contact.merged",
-            {"id": contact.id, "merged_ids": result.merged_ids, "contact": data},
-            result.pk,
-        )
-    elif result.changed:
-        await tx.emit("contact.updated", data, result.pk)
-    if result.added_tags:
-        await tx.emit("contact.tagged", {"id": contact.id, "tags": result.added_tags}, result.pk)
-
-
 @router.post(
     "",
     response_model=ContactOut,
@@ -69,6 +59,8 @@ async def _emit_upsert(tx: Transaction, result: UpsertResult, contact: ContactOu
         " None: creates it (201). One: updates it (200; the request's non-empty values win)."
         " Several: merges them into the oldest (200; `contact.merged`). Contacts with different"
         " external ids never merge (409). Blocked identifiers are stored but never matched."
+        " Each value the request changes records `source` (default `api`) and the time as its"
+        " origin (`origins` on the contact's detail)."
     ),
     responses={
         **replayable(200),
@@ -98,17 +90,16 @@ async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Reque
         fields_json = stored_fields_json(body.fields, await field_types(tx.conn, tx.workspace_id))
         req = UpsertInput(
             identifiers=identifiers,
-            name=body.name.strip() if body.name and body.name.strip() else None,
+            name=body.name,
             push_tokens=body.push_tokens,
             tags=body.tags,
             fields_json=fields_json,
+            source=body.source,
         )
 
         async def attempt() -> tuple[UpsertResult, ContactOut]:
             result = await upsert(tx, req)
-            contact = await _view(tx, result.pk)
-            await _emit_upsert(tx, result, contact)
-            return result, contact
+            return result, await emit_upsert(tx, result)
 
         result, contact = await with_retries(tx.conn, attempt)
         return await tx.respond(result.status, contact)
@@ -163,7 +154,9 @@ async def list_contacts(
     "/{contact_id}",
     response_model=ContactDetail,
     summary="Get a contact",
-    description="Profile, fields, tags with colours, subscriptions and the latest events.",
+    description="Profile, fields, tags with colours, subscriptions and the latest events;"
+    " what the timeline adds up to (first and last seen, event counts by name, sources) and"
+    " where each value came from (`origins`).",
     responses=problem_responses(404),
 )
 async def get_contact(contact_id: IdParam, auth: Auth, conn: Conn) -> ContactDetail:

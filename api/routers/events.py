@@ -7,6 +7,13 @@ blocked values and merge rules), so a value that matches nobody creates the
 contact. The event row, ``event.recorded`` (and ``contact.created``) and the
 idempotency record commit together.
 
+``traits`` (the body of ``POST /v1/contacts``, the same model and checks) are
+applied in that same upsert, with the event's source: their identifiers join
+the identifying one (or the ``contact_id`` contact), so they can merge
+contacts, into the oldest, and the event is recorded on the survivor. A trait
+identifier of the identifying kind must be that same value (422): an event
+cannot both find a contact by an email and change that email.
+
 Event ids are ``ev_`` and the row's number, as the contact detail shows them.
 A timeline is ordered by (``at``, id) and keyset-paginated on that pair: the
 cursor is the id of the last event the client has.
@@ -21,13 +28,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request
 from nudgel.api.auth import Auth
-from nudgel.api.contact_views import contact_views, find_pk, lock_contact
-from nudgel.api.contacts_store import UpsertInput, UpsertResult, upsert, with_retries
-from nudgel.api.identity import IdentifierError, Identifiers, Kind, normalise_blocked
+from nudgel.api.contact_fields import field_types, stored_fields_json
+from nudgel.api.contact_models import DEFAULT_SOURCE, PRINTABLE_TEXT, ContactTraits, Source
+from nudgel.api.contact_views import emit_upsert, find_pk, lock_contact
+from nudgel.api.contacts_store import UpsertInput, upsert, with_retries
+from nudgel.api.identity import KINDS, IdentifierError, Identifiers, Kind, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
 from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
+from nudgel.api.settings import Settings
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import (
@@ -50,10 +60,7 @@ router, OPENAPI_TAG = resource_router(
 KNOWN_SOURCES = ("form", "api", "ecommerce", "campaign", "page")
 _IDENTIFYING = ("contact_id", "email", "phone", "external_id")
 
-# Printable text without surrounding white space (as tag names).
-_TEXT = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
-EventName = Annotated[str, StringConstraints(pattern=_TEXT, min_length=1, max_length=200)]
-Source = Annotated[str, StringConstraints(pattern=_TEXT, min_length=1, max_length=100)]
+EventName = Annotated[str, StringConstraints(pattern=PRINTABLE_TEXT, min_length=1, max_length=200)]
 Identifier = Annotated[str, StringConstraints(max_length=320)]
 
 # RFC 3339 date-time: the offset (Z or +hh:mm) is required.
@@ -111,7 +118,13 @@ class EventCreate(BaseModel):
                     "at": "2026-01-02T15:04:05+03:00",
                     "props": {"total": 1250, "currency": "KES"},
                     "source": "ecommerce",
-                }
+                },
+                {
+                    "email": "ada@example.co.ke",
+                    "name": "form.submitted",
+                    "source": "form",
+                    "traits": {"name": "Ada Wanjiku", "phone": "+254712345678"},
+                },
             ]
         },
     )
@@ -137,7 +150,16 @@ class EventCreate(BaseModel):
     source: Source | None = Field(
         default=None,
         description="Where it came from: `form`, `api`, `ecommerce`, `campaign`, `page`,"
-        " or a custom name.",
+        " or a custom name. Recorded as the origin of the values `traits` change (`api` when"
+        " absent).",
+    )
+    traits: ContactTraits | None = Field(
+        default=None,
+        description="Profile attributes and custom field values the event brings, validated and"
+        " applied as `POST /v1/contacts` applies its body: identifiers may match other contacts"
+        " and merge them (into the oldest; the event lands on the survivor), different external"
+        " ids are 409, and each value that changes records the event's `source` and the time of"
+        " the write as its origin. An identifier of the identifying kind must be the same value.",
     )
 
     @field_validator(*_IDENTIFYING, mode="before")
@@ -154,6 +176,11 @@ class EventCreate(BaseModel):
                 f" (got {', '.join(given) if given else 'none'})"
             )
         return self
+
+    @property
+    def identifying(self) -> Kind | None:
+        """The identifier kind naming the contact; None for ``contact_id``."""
+        return next((k for k in KINDS if getattr(self, k, None) is not None), None)
 
 
 class EventOut(BaseModel):
@@ -188,6 +215,55 @@ async def _insert(tx: Transaction, pk: int, body: EventCreate) -> EventOut:
     return event
 
 
+def _identifier_problem(error: IdentifierError, within: str) -> ProblemError:
+    problem = identifier_problem(error)
+    if within and problem.errors:
+        # The same problem, pointing into the traits object.
+        problem.errors = [
+            e.model_copy(update={"pointer": within + e.pointer}) for e in problem.errors
+        ]
+    return problem
+
+
+def _parse(raw: dict[Kind, str | None], settings: Settings, within: str) -> Identifiers:
+    region = settings.default_phone_region
+    try:
+        return Identifiers.parse(
+            raw, region, normalise_blocked(settings.blocked_identifiers, region)
+        )
+    except IdentifierError as error:
+        raise _identifier_problem(error, within) from None
+
+
+def _identifiers(body: EventCreate, settings: Settings) -> Identifiers:
+    """The identifying value and the traits' identifiers, normalised, as one request's."""
+    kind = body.identifying
+    ids = (
+        _parse({kind: getattr(body, kind)}, settings, "") if kind else Identifiers({}, frozenset())
+    )
+    if body.traits is None:
+        return ids
+    traits = _parse({k: getattr(body.traits, k) for k in KINDS}, settings, "/traits")
+    if kind is not None and kind in traits.values and traits.values[kind] != ids.values[kind]:
+        detail = (
+            f"traits.{kind} {traits.values[kind]!r} is not the identifying {kind}"
+            f" {ids.values[kind]!r}: an event finds its contact by one value and cannot change"
+            " it; upsert the contact to change it."
+        )
+        raise ProblemError(
+            422,
+            "Conflicting identifier",
+            detail,
+            type_=problem_type("validation"),
+            errors=[
+                FieldError(
+                    location="body", pointer=f"/traits/{kind}", detail=detail, code="conflict"
+                )
+            ],
+        )
+    return Identifiers({**traits.values, **ids.values}, ids.blocked | traits.blocked)
+
+
 @router.post(
     "/events",
     response_model=EventOut,
@@ -196,45 +272,45 @@ async def _insert(tx: Transaction, pk: int, body: EventCreate) -> EventOut:
     description=(
         "Records an event on the contact named by exactly one of `contact_id`, `email`,"
         " `phone` or `external_id`. An email, phone or external id that matches nobody creates"
-        " the contact (`contact.created`); an unknown `contact_id` is 404. Fires"
-        " `event.recorded`."
+        " the contact (`contact.created`); an unknown `contact_id` is 404. `traits` are applied"
+        " to the contact as an upsert (`contact.updated`, `contact.merged`, `contact.tagged`"
+        " as `POST /v1/contacts` fires them); their identifiers may merge contacts, and the"
+        " event is then recorded on the surviving (oldest) one. Fires `event.recorded`."
     ),
     responses={**replayable(201), **problem_responses(404, 409, 422)},
 )
 async def record_event(body: EventCreate, writer: PostWriter, request: Request) -> object:
-    identifiers: Identifiers | None = None
-    if body.contact_id is None:
-        settings = settings_of(request)
-        region = settings.default_phone_region
-        kinds: tuple[Kind, ...] = ("email", "phone", "external_id")
-        try:
-            identifiers = Identifiers.parse(
-                {kind: getattr(body, kind) for kind in kinds},
-                region,
-                normalise_blocked(settings.blocked_identifiers, region),
-            )
-        except IdentifierError as error:
-            raise identifier_problem(error) from None
+    identifiers = _identifiers(body, settings_of(request))
+    traits = body.traits
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
-        if identifiers is None:
-            assert body.contact_id is not None
+        if body.contact_id is not None and traits is None:
             pk = await lock_contact(tx.conn, tx.workspace_id, body.contact_id)
             event = await _insert(tx, pk, body)
-        else:
-            req = UpsertInput(
-                identifiers=identifiers, name=None, push_tokens=[], tags=[], fields_json="{}"
-            )
+            return await tx.respond(201, event)
+        fields_json = "{}"
+        if traits is not None and traits.fields:
+            types = await field_types(tx.conn, tx.workspace_id)
+            fields_json = stored_fields_json(traits.fields, types, "/traits")
+        req = UpsertInput(
+            identifiers=identifiers,
+            name=traits.name if traits is not None else None,
+            push_tokens=traits.push_tokens if traits is not None else [],
+            tags=traits.tags if traits is not None else [],
+            fields_json=fields_json,
+            source=body.source or DEFAULT_SOURCE,
+            # With contact_id, the upsert locks the contact itself, after the
+            # identifier locks (the order every upsert takes them in).
+            anchor_id=body.contact_id,
+        )
 
-            async def attempt() -> EventOut:
-                result: UpsertResult = await upsert(tx, req)
-                if result.status == 201:
-                    views = await contact_views(tx.conn, tx.workspace_id, [result.pk])
-                    await tx.emit("contact.created", views[0].model_dump(mode="json"), result.pk)
-                return await _insert(tx, result.pk, body)
+        async def attempt() -> EventOut:
+            result = await upsert(tx, req)
+            await emit_upsert(tx, result)
+            return await _insert(tx, result.pk, body)
 
-            event = await with_retries(tx.conn, attempt)
+        event = await with_retries(tx.conn, attempt)
         return await tx.respond(201, event)
 
 
