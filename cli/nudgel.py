@@ -78,6 +78,27 @@ def serve(host: str | None, port: int | None) -> None:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
+@cli.command()
+def worker() -> None:
+    """Deliver webhooks until Ctrl-C or SIGTERM (what `nudgel serve` also runs).
+
+    Any number of workers may run side by side, with or without `serve`:
+    they share the deliveries without sending one twice at the same time.
+    """
+    import asyncio
+
+    from nudgel.api.delivery import run_standalone
+
+    settings = Settings()
+    url = settings.resolve_database_url()
+    if settings.migrate_on_startup:
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_migrations(conn)
+    click.echo("nudgel: delivering webhooks (Ctrl-C stops)", err=True)
+    asyncio.run(run_standalone(url, settings))
+    click.echo("nudgel: worker stopped", err=True)
+
+
 @cli.group()
 def keys() -> None:
     """Create and revoke API keys."""
