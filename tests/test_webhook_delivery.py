@@ -640,3 +640,38 @@ def test_the_serve_process_runs_the_worker(
     # Leaving the block ran the lifespan's shutdown: it returned, so the worker stopped.
     events = outbox_events(migrated_url, key.workspace_id)
     assert set(assert_all_delivered(receiver, "/all", events).values()) == {1}
+
+
+def test_an_interrupted_last_attempt_gives_up(
+    client: TestClient, key: IssuedKey, receiver: Receiver, migrated_url: str
+) -> None:
+    """With one attempt allowed, a delivery whose worker died mid-request ends failed
+    once its lease is over, instead of holding its contact's later events for ever."""
+    webhook_id = subscribe(client, key, receiver, "/all", ["*"])
+    mutate(client, key, contacts=2)
+    settings = worker_settings(migrated_url, webhook_max_attempts=1)
+    receiver.stall_next = True
+
+    async def cancelled_mid_request() -> None:
+        pool = make_worker_pool(migrated_url)
+        await pool.open(wait=True)
+        task = asyncio.create_task(run_worker(pool, settings))
+        assert await asyncio.to_thread(receiver.entered.wait, DEADLINE)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.close()
+
+    asyncio.run(cancelled_mid_request())
+    stalled = receiver.unstall()
+    run_workers(migrated_url, settings, lambda: settled(migrated_url, key.workspace_id))
+
+    listed = {d["event_id"]: d for d in deliveries(client, key, webhook_id)}
+    assert listed[stalled]["status"] == "failed"
+    for d in listed.values():
+        [attempt] = d["attempts"]
+        if d["status"] == "failed":  # the held request, and any others cut short with it
+            assert attempt["error"].startswith("interrupted") and attempt["finished_at"] is None
+        else:
+            assert d["status"] == "delivered" and attempt["response_status"] == 200
+    assert sum(d["status"] == "delivered" for d in listed.values()) > 0

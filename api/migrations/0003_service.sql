@@ -37,9 +37,11 @@ CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at);
 
 -- Transactional outbox: every mutation appends its event here in its own
 -- transaction, so an event exists if and only if its change committed.
--- Delivery (later) fans each row out to the matching webhooks, claiming rows
--- with FOR UPDATE SKIP LOCKED in id order; per-webhook attempts, backoff and
--- ordering state belong in a delivery table keyed by (webhook, outbox id).
+-- The delivery worker (nudgel.api.delivery, tables in 0005_webhooks) fans each
+-- row out to the matching webhooks in id order, one fan-out at a time, and
+-- claims the resulting deliveries with FOR UPDATE SKIP LOCKED; attempts,
+-- backoff and per-contact ordering live in webhook_deliveries, keyed by
+-- (outbox id, webhook).
 CREATE TABLE outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     workspace_id bigint NOT NULL REFERENCES workspaces ON DELETE CASCADE,
