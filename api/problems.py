@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -169,6 +170,19 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
+        # FastAPI answers a JSON body it cannot decode (not UTF-8, nested too
+        # deep) with a bare 400, but malformed JSON with a 422: both are a
+        # body that is not JSON, so both are the documented 422 problem.
+        detail = f"The body is not valid JSON: {exc.__cause__}"
+        return problem_response(
+            request,
+            422,
+            "Invalid request",
+            f"body: {detail}",
+            type_=problem_type("validation"),
+            errors=[FieldError(location="body", pointer="", detail=detail, code="json_invalid")],
+        )
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
     return problem_response(
@@ -197,6 +211,37 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _nul_inputs(request: Request) -> list[FieldError]:
+    detail = "must not contain NUL characters"
+    found = [
+        FieldError(location=location, pointer=_pointer([name]), detail=detail, code="invalid")
+        for location, params in (("path", request.path_params), ("query", request.query_params))
+        for name, value in params.items()
+        if isinstance(value, str) and "\x00" in value
+    ]
+    return found or [FieldError(location="body", pointer="", detail=detail, code="invalid")]
+
+
+async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, psycopg.DataError)
+    # psycopg refuses, before sending anything, text with a NUL character
+    # (PostgreSQL text cannot hold one): an id, name or cursor sent by the
+    # client that can name nothing. Such an error has no SQLSTATE; any other
+    # data error (from the server) goes on to the unexpected-error handler.
+    if exc.sqlstate is not None or "NUL" not in str(exc):
+        raise exc
+    errors = _nul_inputs(request)
+    first = errors[0]
+    return problem_response(
+        request,
+        422,
+        "Invalid request",
+        f"{first.location}{first.pointer}: {first.detail}",
+        type_=problem_type("validation"),
+        errors=errors,
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged with its traceback; the client learns nothing about internals.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -209,6 +254,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(psycopg.DataError, _on_data_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
