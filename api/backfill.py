@@ -201,11 +201,15 @@ async def _write_batch(
             )
             next_at = {int(pk): at for pk, at in await cur.fetchall()}
         instants = sorted(i for i in deployed.plan.instants if i > now)
+        segment_names = [name for kind, name in columns if kind == "segment"]
+        score_names = [name for kind, name in columns if kind == "score"]
+        writer = realtime.StateWriter(conn, workspace_id, now)
+        await writer.load([pk for pk in pks if pk not in moved], segment_names, score_names)
+        reason = f"rules.deployed v{deployed.version}"
         for row in rows:
             pk = int(row[0])
             if pk not in prior_stages:
                 continue  # deleted since the snapshot
-            reason = f"rules.deployed v{deployed.version}"
             if pk in moved:
                 # Changed since the snapshot: its row is stale; evaluate now.
                 outcome = await realtime.reevaluate(
@@ -234,12 +238,9 @@ async def _write_batch(
             micros = to_micros(candidate) if candidate is not None else None
             if instants and (micros is None or instants[0] < micros):
                 micros = instants[0]
-            outcome = await realtime.store_results(
-                conn,
-                workspace_id,
+            outcome = writer.contact(
                 pk,
                 str(row[1]),
-                now,
                 reason,
                 segments=segments,
                 scores=scores,
@@ -248,6 +249,7 @@ async def _write_batch(
                 silent=silent,
             )
             _count(counts, outcome)
+        await writer.flush()
 
 
 def _count(counts: dict[str, int], outcome: realtime.Outcome) -> None:

@@ -152,8 +152,27 @@ class Origin(BaseModel):
     )
 
 
+class ScoreView(BaseModel):
+    value: str = Field(description='The score now, an exact decimal as text (e.g. `"35"`).')
+    change_30d: str = Field(description="value minus the value 30 days ago.")
+    change_60d: str = Field(description="value minus the value 60 days ago.")
+    change_90d: str = Field(description="value minus the value 90 days ago.")
+
+
 class ContactDetail(ContactOut):
     recent_events: list[RecentEvent] = Field(description="The latest events, newest first.")
+    stage: str | None = Field(
+        default=None,
+        description="The lifecycle stage of the deployed rules (it only moves forward).",
+    )
+    segments: list[str] = Field(
+        default_factory=list, description="The segments the contact is in now, sorted."
+    )
+    scores: dict[str, ScoreView] = Field(
+        default_factory=dict,
+        description="Each score model's value, with its change over 30, 60 and 90 days (from the"
+        " score's history; before its first change a score counts as 0).",
+    )
     first_seen: datetime | None = Field(
         description="The earliest `at` on the contact's timeline (every event it shows, those"
         " a merge brought over and `contact.merged` included); `null` without events."

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
-from nudgel.api.contact_models import ContactDetail, ContactOut, Origin, RecentEvent
+from nudgel.api.contact_models import ContactDetail, ContactOut, Origin, RecentEvent, ScoreView
 from nudgel.api.contacts_store import UpsertResult
 from nudgel.api.identity import KINDS
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError
+from nudgel.runtime.result import canonical_decimal
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
@@ -114,7 +116,11 @@ async def detail_view(conn: AsyncConnection, workspace_id: int, pk: int) -> Cont
     row = await cur.fetchone()
     origins = _present_origins(view, row["origins"] if row is not None else {})
     sources = {s for g in groups for s in g["sources"]} | {o.source for o in origins.values()}
+    stage, segments, scores = await _rule_state(conn, workspace_id, pk)
     return ContactDetail(
+        stage=stage,
+        segments=segments,
+        scores=scores,
         **view.model_dump(),
         recent_events=events,
         first_seen=min((g["first"] for g in groups), default=None),
@@ -123,6 +129,52 @@ async def detail_view(conn: AsyncConnection, workspace_id: int, pk: int) -> Cont
         sources=sorted(sources),
         origins=origins,
     )
+
+
+# The score's value at an instant: its last change until then; before its
+# first change, the value it changed from (0: a contact always has a score).
+_SCORES = """
+SELECT s.score, s.value, d.days, coalesce(
+         (SELECT h.new_value FROM rule_history h
+           WHERE h.contact_pk = s.contact_pk AND h.kind = 'score' AND h.name = s.score
+             AND h.at <= %(now)s - d.days * interval '1 day'
+           ORDER BY h.at DESC, h.id DESC LIMIT 1),
+         (SELECT h.old_value FROM rule_history h
+           WHERE h.contact_pk = s.contact_pk AND h.kind = 'score' AND h.name = s.score
+             AND h.at > %(now)s - d.days * interval '1 day'
+           ORDER BY h.at, h.id LIMIT 1))::numeric AS then
+  FROM contact_scores s CROSS JOIN (VALUES (30), (60), (90)) d(days)
+ WHERE s.contact_pk = %(pk)s
+ ORDER BY s.score, d.days
+"""
+
+
+async def _rule_state(
+    conn: AsyncConnection, workspace_id: int, pk: int
+) -> tuple[str | None, list[str], dict[str, ScoreView]]:
+    """The contact's stage, segments and scores (with trends) as real time keeps them."""
+    cur = await conn.execute(
+        "SELECT c.stage, coalesce(w.test_clock, now()) FROM contacts c"
+        " JOIN workspaces w ON w.id = c.workspace_id WHERE c.pk = %s",
+        (pk,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None, [], {}
+    stage, now = row
+    cur = await conn.execute(
+        "SELECT segment FROM segment_members WHERE contact_pk = %s AND workspace_id = %s"
+        " ORDER BY segment",
+        (pk, workspace_id),
+    )
+    segments = [r[0] for r in await cur.fetchall()]
+    cur = await conn.execute(_SCORES, {"pk": pk, "now": now})
+    changes: dict[str, dict[str, str]] = {}
+    for name, value, days, then in await cur.fetchall():
+        entry = changes.setdefault(name, {"value": canonical_decimal(value)})
+        delta = value - then if then is not None else Decimal(0)
+        entry[f"change_{days}d"] = canonical_decimal(delta)
+    return stage, segments, {name: ScoreView(**entry) for name, entry in changes.items()}
 
 
 def _present_origins(view: ContactOut, stored: dict[str, Any]) -> dict[str, Origin]:

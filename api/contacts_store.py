@@ -45,6 +45,7 @@ from nudgel.api.contact_models import DEFAULT_SOURCE
 from nudgel.api.identity import KINDS, Identifiers, Kind, lock_identifiers
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError, problem_type
+from nudgel.api.realtime import Change
 from nudgel.compiler.sql import json_text
 from psycopg import AsyncConnection, errors
 from psycopg.rows import dict_row
@@ -261,6 +262,20 @@ def _merged_origins(
     return out
 
 
+def _rule_change(before: dict[str, Any], profile: Mapping[str, Any]) -> Change:
+    """What an update changed, as the rules read it (for re-evaluation)."""
+    change = Change("contact.updated", attributes={"updated_at"})
+    for key, value in profile.items():
+        if key == "fields":
+            old, new = _fields(before["fields"]), _fields(value)
+            change.fields |= {
+                name for name in old.keys() | new.keys() if old.get(name) != new.get(name)
+            }
+        elif before[key] != value:
+            change.attributes.add(key)
+    return change
+
+
 def _changed(before: dict[str, Any], profile: Mapping[str, Any], unmatched: list[str]) -> bool:
     for key, value in profile.items():
         if key == "fields":
@@ -344,11 +359,14 @@ async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
     origins = _merged_origins(req, found, profile, await _stamp(conn))
     if not found:
         result = await _create(tx, profile, unmatched, origins)
+        tx.touch(result.pk, Change("contact.created", everything=True))
     else:
         survivor, others = found[0], found[1:]
         result = UpsertResult(200, survivor["pk"], survivor["id"])
         if others:
             result.merged_ids = [r["id"] for r in others]
+            # The merged-away contacts leave their segments before they go.
+            await tx.forget([r["pk"] for r in others], "contact.merged")
             await _absorb(conn, survivor, [r["pk"] for r in others])
             await conn.execute(
                 "INSERT INTO events (contact_pk, name, at, props, source)"
@@ -357,6 +375,10 @@ async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
                 (survivor["pk"], Jsonb({"merged_ids": result.merged_ids}), req.source),
             )
         result.changed = bool(others) or _changed(survivor, profile, unmatched)
+        if others:
+            tx.touch(result.pk, Change("contact.merged", everything=True))
+        elif result.changed:
+            tx.touch(result.pk, _rule_change(survivor, profile))
         if result.changed:
             await conn.execute(
                 f"UPDATE contacts SET {_SET}, updated_at = now() WHERE pk = %(pk)s",
@@ -399,4 +421,7 @@ async def add_tags(tx: Transaction, contact_pk: int, tags: Sequence[str]) -> lis
         " ON CONFLICT DO NOTHING RETURNING tag",
         (contact_pk, names),
     )
-    return sorted(r[0] for r in await cur.fetchall())
+    added = sorted(r[0] for r in await cur.fetchall())
+    if added:
+        tx.touch(contact_pk, Change("contact.tagged", tags=set(added)))
+    return added

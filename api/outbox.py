@@ -13,6 +13,7 @@ The payload is the event as webhooks will carry it (Standard Webhooks shape):
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-__all__ = ["EVENT_TYPES", "record"]
+__all__ = ["EVENT_TYPES", "record", "record_many"]
 
 # Every event type the service emits; webhooks subscribe to these (or "*").
 EVENT_TYPES = frozenset(
@@ -52,22 +53,37 @@ async def record(
     contact_pk: int | None = None,
 ) -> str:
     """Append an event; returns its id. ``conn`` must be inside the mutation's transaction."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type!r}: add it to EVENT_TYPES")
+    (event_id,) = await record_many(conn, workspace_id, [(event_type, data, contact_pk)])
+    return event_id
+
+
+async def record_many(
+    conn: AsyncConnection,
+    workspace_id: int,
+    events: Sequence[tuple[str, dict[str, Any], int | None]],
+) -> list[str]:
+    """Append ``(type, data, contact_pk)`` events in order, in one round trip."""
+    for event_type, _, _ in events:
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}: add it to EVENT_TYPES")
     if conn.info.transaction_status != TransactionStatus.INTRANS:
         # In autocommit outside a transaction the event would commit on its
         # own, whatever happens to the change: exactly what the outbox is for
         # preventing.
         raise RuntimeError("outbox.record must run inside the mutation's transaction")
-    event_id = "evt_" + secrets.token_urlsafe(16)
-    payload = {
-        "type": event_type,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "data": data,
-    }
-    await conn.execute(
-        "INSERT INTO outbox (workspace_id, event_id, event_type, contact_pk, payload)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (workspace_id, event_id, event_type, contact_pk, Jsonb(payload)),
-    )
-    return event_id
+    timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    rows = []
+    ids = []
+    for event_type, data, contact_pk in events:
+        event_id = "evt_" + secrets.token_urlsafe(16)
+        ids.append(event_id)
+        payload = {"type": event_type, "timestamp": timestamp, "data": data}
+        rows.append((workspace_id, event_id, event_type, contact_pk, Jsonb(payload)))
+    if rows:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO outbox (workspace_id, event_id, event_type, contact_pk, payload)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )
+    return ids

@@ -39,11 +39,11 @@ from psycopg import AsyncConnection
 __all__ = [
     "Change",
     "Outcome",
+    "StateWriter",
     "evaluation_now",
     "forget",
     "load_contact",
     "reevaluate",
-    "store_results",
 ]
 
 
@@ -211,12 +211,11 @@ async def reevaluate(
     stage_touched = ("lifecycle", "") in nodes
     stage = program.stage(contact, now) if stage_touched else None
     next_at = deployed.plan.next_change(contact, now) if deployed.plan.time_dependent else None
-    return await store_results(
-        conn,
-        workspace_id,
+    writer = StateWriter(conn, workspace_id, now)
+    await writer.load([pk], list(segments), list(scores))
+    outcome = writer.contact(
         pk,
         contact.id,
-        now,
         change.reason,
         segments=segments,
         scores=scores,
@@ -224,112 +223,172 @@ async def reevaluate(
         next_at=next_at,
         silent=frozenset(silent),
     )
+    await writer.flush()
+    return outcome
 
 
-async def store_results(
-    conn: AsyncConnection,
-    workspace_id: int,
-    pk: int,
-    contact_id: str,
-    now: int,
-    reason: str,
-    *,
-    segments: dict[str, bool],
-    scores: dict[str, Decimal],
-    stage: tuple[str | None, str | None] | None,
-    next_at: int | None,
-    silent: frozenset[NodeKey] = frozenset(),
-) -> Outcome:
-    """Compare new results with the stored ones; write the differences,
-    their history and their outbox events."""
-    outcome = Outcome()
-    at = micros_to_datetime(now)
-    base = {"contact_id": contact_id, "at": iso(now), "reason": reason}
-    history: list[tuple[Any, ...]] = []
-    if segments:
-        cur = await conn.execute(
-            "SELECT segment FROM segment_members WHERE contact_pk = %s AND segment = ANY(%s)"
-            " AND workspace_id = %s",
-            (pk, list(segments), workspace_id),
-        )
-        members = {r[0] for r in await cur.fetchall()}
+# Large batches (a backfill's) go in with COPY, small ones with one INSERT.
+_COPY_FROM = 200
+_MEMBERS, _MEMBER_COLUMNS = "segment_members", "workspace_id, segment, contact_pk, since"
+_HISTORY = "rule_history"
+_HISTORY_COLUMNS = "workspace_id, contact_pk, kind, name, old_value, new_value, at, reason"
+
+
+class StateWriter:
+    """Compares new results with the stored ones for a set of contacts and
+    writes only the differences, their history and their outbox events, in
+    a few statements for the whole set (a backfill batch or one contact).
+
+    ``load`` the stored state of the contacts first, call ``contact`` for
+    each, then ``flush``.
+    """
+
+    def __init__(self, conn: AsyncConnection, workspace_id: int, now: int) -> None:
+        self.conn, self.workspace_id, self.now = conn, workspace_id, now
+        self.at = micros_to_datetime(now)
+        self.members: set[tuple[int, str]] = set()
+        self.scores: dict[tuple[int, str], Decimal] = {}
+        self.joins: list[tuple[Any, ...]] = []
+        self.leaves: list[tuple[Any, ...]] = []
+        self.score_rows: list[tuple[Any, ...]] = []
+        self.stage_rows: list[tuple[Any, ...]] = []
+        self.history: list[tuple[Any, ...]] = []
+        self.events: list[tuple[str, dict[str, Any], int | None]] = []
+        self.next_rows: list[tuple[Any, ...]] = []
+
+    async def load(
+        self, pks: Sequence[int], segments: Sequence[str], scores: Sequence[str]
+    ) -> None:
+        if segments:
+            # By contact only, so the plan is always the contact_pk index.
+            cur = await self.conn.execute(
+                "SELECT contact_pk, segment FROM segment_members WHERE contact_pk = ANY(%s)",
+                (list(pks),),
+            )
+            wanted = set(segments)
+            self.members |= {(int(pk), name) for pk, name in await cur.fetchall() if name in wanted}
+        if scores:
+            cur = await self.conn.execute(
+                "SELECT contact_pk, score, value FROM contact_scores WHERE contact_pk = ANY(%s)",
+                (list(pks),),
+            )
+            wanted = set(scores)
+            self.scores |= {
+                (int(pk), name): value for pk, name, value in await cur.fetchall() if name in wanted
+            }
+
+    def contact(
+        self,
+        pk: int,
+        contact_id: str,
+        reason: str,
+        *,
+        segments: dict[str, bool],
+        scores: dict[str, Decimal],
+        stage: tuple[str | None, str | None] | None,
+        next_at: int | None,
+        silent: frozenset[NodeKey] = frozenset(),
+    ) -> Outcome:
+        outcome = Outcome()
+        base = {"contact_id": contact_id, "at": iso(self.now), "reason": reason}
+        ws, at = self.workspace_id, self.at
         for name, member in segments.items():
-            if member == (name in members):
+            if member == ((pk, name) in self.members):
                 continue
             if member:
-                await conn.execute(
-                    "INSERT INTO segment_members (workspace_id, segment, contact_pk, since)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (workspace_id, name, pk, at),
-                )
+                self.joins.append((ws, name, pk, at))
                 outcome.entered.append(name)
             else:
-                await conn.execute(
-                    "DELETE FROM segment_members"
-                    " WHERE workspace_id = %s AND segment = %s AND contact_pk = %s",
-                    (workspace_id, name, pk),
-                )
+                self.leaves.append((ws, name, pk))
                 outcome.exited.append(name)
-            history.append(("segment", name, str(not member).lower(), str(member).lower()))
+            self.history.append(
+                (ws, pk, "segment", name, str(not member).lower(), str(member).lower(), at, reason)
+            )
             if ("segment", name) not in silent:
                 event_type = "segment.entered" if member else "segment.exited"
-                await outbox.record(conn, workspace_id, event_type, {"segment": name, **base}, pk)
-    if scores:
-        cur = await conn.execute(
-            "SELECT score, value FROM contact_scores WHERE contact_pk = %s AND score = ANY(%s)",
-            (pk, list(scores)),
-        )
-        stored: dict[str, Decimal] = {r[0]: r[1] for r in await cur.fetchall()}
+                self.events.append((event_type, {"segment": name, **base}, pk))
         for name, value in scores.items():
-            old = stored.get(name)
+            old = self.scores.get((pk, name))
             if old is not None and old == value:
                 continue
-            await conn.execute(
-                "INSERT INTO contact_scores (workspace_id, contact_pk, score, value, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (contact_pk, score)"
-                " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                (workspace_id, pk, name, value, at),
-            )
+            self.score_rows.append((ws, pk, name, value, at))
             previous = old if old is not None else Decimal(0)
             if previous == value:
-                continue  # first stored value, equal to the implicit 0
+                continue  # the first stored value, equal to the implicit 0
             outcome.scores[name] = (previous, value)
             old_text, new_text = canonical_decimal(previous), canonical_decimal(value)
-            history.append(("score", name, old_text, new_text))
+            self.history.append((ws, pk, "score", name, old_text, new_text, at, reason))
             if ("score", name) not in silent:
-                await outbox.record(
-                    conn,
-                    workspace_id,
-                    "score.changed",
-                    {"score": name, "old": old_text, "new": new_text, **base},
-                    pk,
-                )
-    if stage is not None and stage[0] != stage[1]:
-        await conn.execute("UPDATE contacts SET stage = %s WHERE pk = %s", (stage[1], pk))
-        outcome.stage = stage
-        history.append(("stage", "", stage[0], stage[1]))
-        if ("lifecycle", "") not in silent:
-            await outbox.record(
-                conn,
-                workspace_id,
-                "stage.changed",
-                {"old": stage[0], "new": stage[1], **base},
-                pk,
-            )
-    if history:
-        async with conn.cursor() as cur:
-            await cur.executemany(
+                data = {"score": name, "old": old_text, "new": new_text, **base}
+                self.events.append(("score.changed", data, pk))
+        if stage is not None and stage[0] != stage[1]:
+            self.stage_rows.append((stage[1], pk))
+            outcome.stage = stage
+            self.history.append((ws, pk, "stage", "", stage[0], stage[1], at, reason))
+            if ("lifecycle", "") not in silent:
+                change: dict[str, Any] = {"old": stage[0], "new": stage[1], **base}
+                self.events.append(("stage.changed", change, pk))
+        self.next_rows.append((micros_to_datetime(next_at) if next_at is not None else None, pk))
+        return outcome
+
+    async def flush(self) -> None:
+        """Write everything collected: one set-based statement per table (rows
+        passed as arrays and unnested, so a batch of thousands is one round trip
+        each)."""
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (
+                "INSERT INTO segment_members (workspace_id, segment, contact_pk, since)"
+                " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[])",
+                self.joins,
+            ),
+            (
+                "DELETE FROM segment_members m USING unnest(%s::bigint[], %s::text[], %s::bigint[])"
+                " AS v(ws, segment, pk)"
+                " WHERE m.workspace_id = v.ws AND m.segment = v.segment AND m.contact_pk = v.pk",
+                self.leaves,
+            ),
+            (
+                "INSERT INTO contact_scores (workspace_id, contact_pk, score, value, updated_at)"
+                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::numeric[],"
+                " %s::timestamptz[]) ON CONFLICT (contact_pk, score)"
+                " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                self.score_rows,
+            ),
+            (
+                "UPDATE contacts c SET stage = v.stage"
+                " FROM unnest(%s::text[], %s::bigint[]) AS v(stage, pk) WHERE c.pk = v.pk",
+                self.stage_rows,
+            ),
+            (
                 "INSERT INTO rule_history"
                 " (workspace_id, contact_pk, kind, name, old_value, new_value, at, reason)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [(workspace_id, pk, *entry, at, reason) for entry in history],
-            )
-    await conn.execute(
-        "UPDATE contacts SET next_evaluation_at = %s, evaluated_at = clock_timestamp()"
-        " WHERE pk = %s",
-        (micros_to_datetime(next_at) if next_at is not None else None, pk),
-    )
-    return outcome
+                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::timestamptz[], %s::text[])",
+                self.history,
+            ),
+            (
+                "UPDATE contacts c SET next_evaluation_at = v.next, evaluated_at = clock_timestamp()"
+                " FROM unnest(%s::timestamptz[], %s::bigint[]) AS v(next, pk) WHERE c.pk = v.pk",
+                self.next_rows,
+            ),
+        ]
+        async with self.conn.cursor() as cur:
+            for table, names, rows in (
+                (_MEMBERS, _MEMBER_COLUMNS, self.joins),
+                (_HISTORY, _HISTORY_COLUMNS, self.history),
+            ):
+                if len(rows) >= _COPY_FROM:
+                    async with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                        for row in rows:
+                            await copy.write_row(row)
+                    rows.clear()
+        for statement, rows in statements:
+            if rows:
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                await self.conn.execute(statement, columns)
+                rows.clear()
+        await outbox.record_many(self.conn, self.workspace_id, self.events)
+        self.events.clear()
 
 
 async def forget(conn: AsyncConnection, workspace_id: int, pks: Sequence[int], reason: str) -> None:
@@ -347,13 +406,8 @@ async def forget(conn: AsyncConnection, workspace_id: int, pks: Sequence[int], r
     if left:
         now = await evaluation_now(conn, workspace_id)
         for segment, pk, contact_id in sorted(left, key=lambda r: (r[1], r[0])):
-            await outbox.record(
-                conn,
-                workspace_id,
-                "segment.exited",
-                {"segment": segment, "contact_id": contact_id, "at": iso(now), "reason": reason},
-                pk,
-            )
+            data = {"segment": segment, "contact_id": contact_id, "at": iso(now), "reason": reason}
+            await outbox.record(conn, workspace_id, "segment.exited", data, pk)
     await conn.execute("DELETE FROM contact_scores WHERE contact_pk = ANY(%s)", (list(pks),))
     await conn.execute("DELETE FROM rule_history WHERE contact_pk = ANY(%s)", (list(pks),))
 

@@ -33,6 +33,14 @@ TABLES = {
     "api_keys",
     "idempotency_keys",
     "outbox",
+    "webhooks",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "rule_sets",
+    "segment_members",
+    "contact_scores",
+    "rule_history",
+    "jobs",
     "schema_migrations",
 }
 

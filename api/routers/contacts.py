@@ -34,6 +34,7 @@ from nudgel.api.identity import IdentifierError, Identifiers, normalise_blocked
 from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
 from nudgel.api.pagination import PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
+from nudgel.api.realtime import Change
 from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
 
 router, OPENAPI_TAG = resource_router(
@@ -176,15 +177,12 @@ async def get_contact(contact_id: IdParam, auth: Auth, conn: Conn) -> ContactDet
 )
 async def delete_contact(contact_id: IdParam, writer: Writer) -> object:
     async with writer.transaction() as tx:
-        cur = await tx.conn.execute(
-            "DELETE FROM contacts WHERE workspace_id = %s AND id = %s RETURNING pk",
-            (tx.workspace_id, contact_id),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise ProblemError.not_found(f"Contact {contact_id!r}")
+        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
+        # It leaves its segments (segment.exited) before it goes.
+        await tx.forget([pk], "contact.deleted")
+        await tx.conn.execute("DELETE FROM contacts WHERE pk = %s", (pk,))
         deleted = DeletedContact(id=contact_id)
-        await tx.emit("contact.deleted", deleted.model_dump(mode="json"), int(row[0]))
+        await tx.emit("contact.deleted", deleted.model_dump(mode="json"), pk)
         return await tx.respond(200, deleted)
 
 
@@ -203,6 +201,7 @@ async def tag_contact(contact_id: IdParam, body: TagsAdd, writer: PostWriter) ->
         added = await add_tags(tx, pk, body.tags)
         if added:
             await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
+            tx.touch(pk, Change("contact.tagged", attributes={"updated_at"}))
             await tx.emit("contact.tagged", {"id": contact_id, "tags": added}, pk)
         return await tx.respond(200, await _view(tx, pk))
 
@@ -227,5 +226,6 @@ async def untag_contact(
         if cur.rowcount == 0:
             raise ProblemError.not_found(f"Tag {tag!r} on contact {contact_id!r}")
         await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
+        tx.touch(pk, Change("contact.untagged", tags={tag}, attributes={"updated_at"}))
         await tx.emit("contact.untagged", {"id": contact_id, "tags": [tag]}, pk)
         return await tx.respond(200, await _view(tx, pk))

@@ -36,6 +36,7 @@ from nudgel.api.identity import KINDS, IdentifierError, Identifiers, Kind, norma
 from nudgel.api.mutation import PostWriter, Transaction, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
+from nudgel.api.realtime import Change
 from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
 from nudgel.api.settings import Settings
 from psycopg.rows import dict_row
@@ -203,15 +204,18 @@ _EVENT_COLUMNS = "'ev_' || e.pk AS id, c.id AS contact_id, e.name, e.at, e.props
 async def _insert(tx: Transaction, pk: int, body: EventCreate) -> EventOut:
     cur = tx.conn.cursor(row_factory=dict_row)
     await cur.execute(
+        # With no `at`: now, or the test clock's instant in a test workspace.
         "WITH e AS (INSERT INTO events (contact_pk, name, at, props, source)"
-        " VALUES (%s, %s, coalesce(%s, now()), %s, %s) RETURNING *)"
+        " VALUES (%s, %s, coalesce(%s, (SELECT coalesce(test_clock, now()) FROM workspaces"
+        " WHERE id = %s)), %s, %s) RETURNING *)"
         f" SELECT {_EVENT_COLUMNS} FROM e JOIN contacts c ON c.pk = e.contact_pk",
-        (pk, body.name, body.at, Jsonb(body.props), body.source),
+        (pk, body.name, body.at, tx.workspace_id, Jsonb(body.props), body.source),
     )
     row = await cur.fetchone()
     assert row is not None
     event = EventOut.model_validate({**row, "at": row["at"].astimezone(UTC)})
     await tx.emit("event.recorded", event.model_dump(mode="json"), pk)
+    tx.touch(pk, Change(f"event.recorded {body.name}", events={body.name}))
     return event
 
 

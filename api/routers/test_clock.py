@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Literal
 
 from nudgel.api.auth import Auth
+from nudgel.api.mutation import PostWriter, replayable
 from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
 from nudgel.api.routers.common import Conn, resource_router
 from nudgel.api.routers.events import Timestamp
@@ -105,14 +106,16 @@ async def set_test_clock(body: FreezeClock, auth: Auth, conn: Conn) -> TestClock
     "/advance",
     response_model=TestClock,
     summary="Advance the test clock",
-    responses=problem_responses(403, 422),
+    responses={**replayable(200), **problem_responses(403, 422)},
 )
-async def advance_test_clock(body: Advance, auth: Auth, conn: Conn) -> TestClock:
+async def advance_test_clock(body: Advance, auth: Auth, writer: PostWriter) -> object:
     _test_mode_only(auth.mode)
-    async with conn.transaction():
-        cur = await conn.execute(
+    async with writer.transaction() as tx:
+        if tx.replay is not None:
+            return tx.replay
+        cur = await tx.conn.execute(
             "SELECT coalesce(test_clock, now()) FROM workspaces WHERE id = %s FOR UPDATE",
-            (auth.workspace_id,),
+            (tx.workspace_id,),
         )
         row = await cur.fetchone()
         assert row is not None
@@ -125,8 +128,9 @@ async def advance_test_clock(body: Advance, auth: Auth, conn: Conn) -> TestClock
                 type_=problem_type("validation"),
                 errors=[FieldError(location="body", pointer="/to", detail=detail, code="invalid")],
             )
-        await conn.execute(
-            "UPDATE workspaces SET test_clock = %s WHERE id = %s", (body.to, auth.workspace_id)
+        await tx.conn.execute(
+            "UPDATE workspaces SET test_clock = %s WHERE id = %s", (body.to, tx.workspace_id)
         )
-    evaluated = await run_due(conn, auth.workspace_id)
-    return TestClock(frozen_time=body.to, evaluated=evaluated)
+        # Every contact due by the new instant, before the call returns.
+        evaluated = await run_due(tx.conn, tx.workspace_id)
+        return await tx.respond(200, TestClock(frozen_time=body.to, evaluated=evaluated))

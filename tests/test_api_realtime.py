@@ -1,0 +1,331 @@
+"""Real-time segments, scores and lifecycle through the API: deploy rules,
+change data, move the test clock, and see memberships, scores, stages, their
+outbox events and history follow the rules; backfill and drift check."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from nudgel.api.deploy import verify
+from nudgel.api.keys import IssuedKey, create_key
+from test_api_contacts import contacts_client, drop_workspace
+from test_api_foundation import assert_problem, bearer
+
+pytestmark = pytest.mark.postgres
+
+RULES = """
+segment vip "VIP" { tag "vip" }
+segment buyers { count(event "purchase" within 30d) >= 2 }
+segment big_plan { fields.plan = "pro" and in segment vip }
+score engagement {
+  +10 per event "email_open" within 90d max 50
+  +25 per event "purchase" within 30d
+  -5 when not event * within 30d
+}
+lifecycle {
+  lead when email is set
+  customer when count(event "purchase") >= 1
+  champion when score.engagement >= 60
+}
+"""
+
+START = "2026-03-01T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def client(migrated_url: str) -> Iterator[TestClient]:
+    yield from contacts_client(migrated_url)
+
+
+def _key(url: str, mode: str = "test") -> IssuedKey:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return create_key(conn, f"rt_{secrets.token_hex(6)}", mode)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
+    issued = _key(migrated_url)
+    response = client.post(
+        "/v1/fields", json={"name": "plan", "type": "text"}, headers=bearer(issued)
+    )
+    assert response.status_code == 201
+    # A frozen clock: every evaluation below happens at a known instant.
+    advanced = client.put("/v1/test_clock", json={"frozen_time": START}, headers=bearer(issued))
+    assert advanced.status_code == 200, advanced.text
+    yield issued
+    drop_workspace(migrated_url, issued.workspace_id)
+
+
+def deploy(client: TestClient, key: IssuedKey, source: str) -> dict[str, Any]:
+    response = client.put("/v1/rules", json={"files": {"m.rules": source}}, headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    if body["job"] is not None:
+        wait_job(client, key, body["job"]["id"])
+    return body
+
+
+def wait_job(client: TestClient, key: IssuedKey, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=bearer(key)).json()
+        if job["status"] in ("succeeded", "failed"):
+            assert job["status"] == "succeeded", job
+            return job
+        time.sleep(0.05)
+    raise AssertionError("the backfill did not finish")
+
+
+def rule_events(url: str, workspace_id: int) -> list[tuple[str, dict[str, Any]]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT event_type, payload->'data' FROM outbox WHERE workspace_id = %s"
+            " AND split_part(event_type, '.', 1) IN ('segment', 'score', 'stage') ORDER BY id",
+            (workspace_id,),
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def summary(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    out = []
+    for kind, data in events:
+        if kind.startswith("segment."):
+            out.append((kind, data["segment"]))
+        elif kind == "score.changed":
+            out.append((kind, f"{data['score']} {data['old']}->{data['new']}"))
+        else:
+            out.append((kind, f"{data['old']}->{data['new']}"))
+    return out
+
+
+def drift(url: str, workspace_id: int) -> list[str]:
+    async def run() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return [str(d) for d in await verify(conn, workspace_id)]
+
+    return asyncio.run(run())
+
+
+def segment_ids(client: TestClient, key: IssuedKey, name: str) -> list[str]:
+    response = client.get(f"/v1/segments/{name}/contacts?limit=100", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    return [c["id"] for c in response.json()["data"]]
+
+
+def upsert(client: TestClient, key: IssuedKey, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/contacts", json=body, headers=bearer(key))
+    assert response.status_code in (200, 201), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def event(client: TestClient, key: IssuedKey, email: str, name: str, at: str) -> None:
+    response = client.post(
+        "/v1/events", json={"email": email, "name": name, "at": at}, headers=bearer(key)
+    )
+    assert response.status_code == 201, response.text
+
+
+# ---- deploying ------------------------------------------------------------------
+
+
+def test_rules_with_errors_are_refused_and_change_nothing(
+    client: TestClient, key: IssuedKey
+) -> None:
+    assert_problem(client.get("/v1/rules", headers=bearer(key)), 404)
+    bad = {"files": {"a.rules": 'segment a { fields.plam = "pro" }', "b.rules": "segment {"}}
+    body = assert_problem(client.put("/v1/rules", json=bad, headers=bearer(key)), 422)
+    found = [(d["file"], d["code"], d["line"]) for d in body["diagnostics"]]
+    # Every file's errors, collected: not just the first.
+    assert ("a.rules", "E200", 1) in found and ("b.rules", "E100", 1) in found
+    assert body["detail"].startswith("a.rules:1:13: ")
+    assert_problem(client.get("/v1/rules", headers=bearer(key)), 404)
+
+
+def test_field_declarations_must_match_the_workspace(client: TestClient, key: IssuedKey) -> None:
+    source = (
+        "field plan: number\nfield ltv: number\nsegment a { fields.plan > 1 and fields.ltv > 1 }"
+    )
+    body = assert_problem(
+        client.put("/v1/rules", json={"files": {"m.rules": source}}, headers=bearer(key)), 422
+    )
+    found = {(d["code"], d["line"], d["column"]) for d in body["diagnostics"]}
+    assert ("E271", 1, 13) in found  # plan is text in the workspace
+    assert ("E270", 2, 7) in found  # ltv is not defined
+    # Undeclared workspace fields are declared implicitly, with their type.
+    ok = client.put(
+        "/v1/rules",
+        json={"files": {"m.rules": 'segment a { fields.plan = "pro" }'}},
+        headers=bearer(key),
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["warnings"] == []
+
+
+def test_deploy_versions_and_unchanged_redeploy(client: TestClient, key: IssuedKey) -> None:
+    first = deploy(client, key, RULES)
+    assert first["version"] == 1 and first["job"] is not None
+    assert first["segments"] == ["vip", "buyers", "big_plan"]
+    assert first["stages"] == ["lead", "customer", "champion"]
+    again = deploy(client, key, RULES)
+    assert again["version"] == 1 and again["job"] is None
+    current = client.get("/v1/rules", headers=bearer(key)).json()
+    assert current["version"] == 1 and current["files"] == {"m.rules": RULES}
+
+
+# ---- real time -------------------------------------------------------------------
+
+
+def test_contacts_enter_and_exit_as_data_and_time_change(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    deploy(client, key, RULES)
+    ada = upsert(client, key, {"email": "ada@example.com", "tags": ["vip"]})
+    assert segment_ids(client, key, "vip") == [ada["id"]]
+    assert summary(rule_events(migrated_url, key.workspace_id)) == [
+        ("segment.entered", "vip"),
+        ("score.changed", "engagement 0->-5"),
+        ("stage.changed", "None->lead"),
+    ]
+    event(client, key, "ada@example.com", "purchase", "2026-02-20T00:00:00Z")
+    event(client, key, "ada@example.com", "purchase", "2026-02-27T00:00:00Z")
+    assert segment_ids(client, key, "buyers") == [ada["id"]]
+    detail = client.get(f"/v1/contacts/{ada['id']}", headers=bearer(key)).json()
+    assert detail["stage"] == "customer"
+    assert detail["scores"]["engagement"]["value"] == "50"
+    assert set(detail["segments"]) == {"vip", "buyers"}
+
+    # 30 days after the first purchase it leaves the window: one purchase left.
+    before = len(rule_events(migrated_url, key.workspace_id))
+    moved = client.post(
+        "/v1/test_clock/advance", json={"to": "2026-03-22T00:00:00.000001Z"}, headers=bearer(key)
+    )
+    assert moved.status_code == 200 and moved.json()["evaluated"] >= 1
+    assert segment_ids(client, key, "buyers") == []
+    later = summary(rule_events(migrated_url, key.workspace_id)[before:])
+    assert later == [("segment.exited", "buyers"), ("score.changed", "engagement 50->25")]
+    # Then inactivity: 30 days after the last event, -5 and no purchase points.
+    client.post("/v1/test_clock/advance", json={"to": "2026-04-01T00:00:00Z"}, headers=bearer(key))
+    detail = client.get(f"/v1/contacts/{ada['id']}", headers=bearer(key)).json()
+    assert detail["scores"]["engagement"] == {
+        "value": "-5",
+        "change_30d": "-55",  # it was 50 on March 2nd
+        "change_60d": "-5",  # before its first change a score is 0
+        "change_90d": "-5",
+    }
+    assert detail["stage"] == "customer"  # stages only move forward
+    assert drift(migrated_url, key.workspace_id) == []
+
+
+def test_tags_fields_and_dependent_segments(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    deploy(client, key, RULES)
+    bob = upsert(client, key, {"email": "bob@example.com", "fields": {"plan": "pro"}})
+    assert segment_ids(client, key, "big_plan") == []
+    tagged = client.post(
+        f"/v1/contacts/{bob['id']}/tags", json={"tags": ["vip"]}, headers=bearer(key)
+    )
+    assert tagged.status_code in (200, 201), tagged.text
+    assert segment_ids(client, key, "big_plan") == [bob["id"]]
+    untagged = client.delete(f"/v1/contacts/{bob['id']}/tags/vip", headers=bearer(key))
+    assert untagged.status_code in (200, 204), untagged.text
+    assert segment_ids(client, key, "big_plan") == []
+    assert segment_ids(client, key, "vip") == []
+    upsert(client, key, {"email": "bob@example.com", "fields": {"plan": "free"}, "tags": ["vip"]})
+    assert segment_ids(client, key, "vip") == [bob["id"]]
+    assert segment_ids(client, key, "big_plan") == []
+    assert drift(migrated_url, key.workspace_id) == []
+
+
+def test_merge_and_delete(client: TestClient, key: IssuedKey, migrated_url: str) -> None:
+    deploy(client, key, RULES)
+    first = upsert(client, key, {"email": "m1@example.com", "tags": ["vip"]})
+    second = upsert(client, key, {"phone": "+254712000001"})
+    event(client, key, "m1@example.com", "purchase", "2026-02-25T00:00:00Z")
+    with psycopg.connect(migrated_url) as conn:
+        conn.execute(
+            "INSERT INTO events (contact_pk, name, at, props)"
+            " SELECT pk, 'purchase', '2026-02-26T00:00:00Z', '{}' FROM contacts WHERE id = %s",
+            (second["id"],),
+        )
+    merged = upsert(client, key, {"email": "m1@example.com", "phone": "+254712000001"})
+    assert merged["id"] == first["id"]
+    # The survivor now has both purchases: re-evaluated after the merge.
+    assert segment_ids(client, key, "buyers") == [first["id"]]
+    deleted = client.delete(f"/v1/contacts/{first['id']}", headers=bearer(key))
+    assert deleted.status_code == 200, deleted.text
+    assert segment_ids(client, key, "vip") == []
+    events = rule_events(migrated_url, key.workspace_id)
+    exits = [(d["segment"], d["reason"]) for t, d in events if t == "segment.exited"]
+    assert ("vip", "contact.deleted") in exits and ("buyers", "contact.deleted") in exits
+    with psycopg.connect(migrated_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM segment_members WHERE workspace_id = %s", (key.workspace_id,)
+        ).fetchone()
+    assert left == (0,)
+    assert drift(migrated_url, key.workspace_id) == []
+
+
+# ---- backfill ----------------------------------------------------------------------
+
+
+def test_backfill_is_silent_for_new_segments_and_fires_for_changed_ones(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    ids = [
+        upsert(client, key, {"email": f"b{i}@example.com", "tags": ["vip"] if i % 2 else []})["id"]
+        for i in range(6)
+    ]
+    body = deploy(client, key, 'segment vip { tag "vip" }\nsegment all_ { email is set }')
+    job = client.get(f"/v1/jobs/{body['job']['id']}", headers=bearer(key)).json()
+    assert job["total"] == 6 and job["done"] == 6 and job["progress"] == 1.0
+    assert job["result"]["entered"] == 9
+    assert sorted(segment_ids(client, key, "vip")) == sorted(ids[1::2])
+    assert rule_events(migrated_url, key.workspace_id) == []  # first fill: silent
+    sizes = {
+        s["name"]: s["size"] for s in client.get("/v1/segments", headers=bearer(key)).json()["data"]
+    }
+    assert sizes == {"vip": 3, "all_": 6}
+    # Changing vip moves contacts: those fire.
+    deploy(client, key, 'segment vip { not tag "vip" }\nsegment all_ { email is set }')
+    moved = summary(rule_events(migrated_url, key.workspace_id))
+    assert sorted(moved) == sorted(
+        [("segment.entered", "vip")] * 3 + [("segment.exited", "vip")] * 3
+    )
+    assert sorted(segment_ids(client, key, "vip")) == sorted(ids[0::2])
+    # A segment dropped from the rules is gone, members and all.
+    deploy(client, key, "segment all_ { email is set }")
+    assert_problem(client.get("/v1/segments/vip/contacts", headers=bearer(key)), 404)
+    assert drift(migrated_url, key.workspace_id) == []
+
+
+def test_test_clock_is_for_test_keys_and_moves_forward_only(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    live = _key(migrated_url, "live")
+    try:
+        assert_problem(
+            client.post("/v1/test_clock/advance", json={"to": START}, headers=bearer(live)), 403
+        )
+        assert_problem(
+            client.put("/v1/test_clock", json={"frozen_time": START}, headers=bearer(live)), 403
+        )
+    finally:
+        drop_workspace(migrated_url, live.workspace_id)
+    back = client.post(
+        "/v1/test_clock/advance", json={"to": "2026-02-01T00:00:00Z"}, headers=bearer(key)
+    )
+    assert assert_problem(back, 422)["errors"][0]["pointer"] == "/to"
+    assert (
+        client.get("/v1/test_clock", headers=bearer(key))
+        .json()["frozen_time"]
+        .startswith("2026-03-01T00:00:00")
+    )
