@@ -34,7 +34,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.delivery import deliver_once, make_worker_pool, run_worker
+from nudgel.api.delivery import backoff_seconds, deliver_once, make_worker_pool, run_worker
 from nudgel.api.keys import IssuedKey
 from nudgel.api.settings import Settings
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -675,3 +675,12 @@ def test_an_interrupted_last_attempt_gives_up(
         else:
             assert d["status"] == "delivered" and attempt["response_status"] == 200
     assert sum(d["status"] == "delivered" for d in listed.values()) > 0
+
+
+def test_backoff_grows_with_jitter_and_stays_under_the_cap(migrated_url: str) -> None:
+    settings = Settings(database_url=migrated_url, webhook_backoff_base=5, webhook_backoff_max=3600)
+    for attempts in range(1, 5000, 7):
+        full = min(3600.0, 5.0 * 2 ** min(attempts - 1, 60))
+        delays = {backoff_seconds(attempts, settings) for _ in range(20)}
+        assert all(full / 2 <= d <= full for d in delays), attempts
+        assert len(delays) > 1  # jittered
