@@ -82,6 +82,11 @@ def test_create_returns_the_secret_once(client: TestClient, key: IssuedKey) -> N
     assert create(client, key)["secret"] != secret
 
 
+def test_url_scheme_is_stored_in_lower_case(client: TestClient, key: IssuedKey) -> None:
+    created = create(client, key, url="HTTPS://Example.com/Hook?a=B")
+    assert created["url"] == "https://Example.com/Hook?a=B"
+
+
 def test_all_events_and_duplicates(client: TestClient, key: IssuedKey) -> None:
     assert create(client, key, events=["*"])["events"] == ["*"]
     assert create(client, key, events=["tag.created", "*"])["events"] == ["*"]

@@ -44,7 +44,8 @@ def _check_url(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL")
     if any(c.isspace() for c in value) or parts.username is not None:
         raise ValueError("must not contain white space or credentials")
-    return value
+    # The scheme in lower case (`HTTPS://` is valid, and stored as `https://`).
+    return parts.scheme + value[len(parts.scheme) :]
 
 
 def _check_event(value: str) -> str:
