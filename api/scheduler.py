@@ -15,6 +15,7 @@ in the serve process (and in ``nudgel worker``): a contact leaves a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nudgel.api import realtime
@@ -65,16 +66,22 @@ async def run_due(conn: AsyncConnection, workspace_id: int | None = None) -> int
     return total
 
 
-async def scheduler_loop(pool: AsyncConnectionPool, interval: float) -> None:
-    """Run due evaluations forever, every ``interval`` seconds; cancel to stop."""
-    while True:
+async def scheduler_loop(
+    pool: AsyncConnectionPool, interval: float, stop: asyncio.Event | None = None
+) -> None:
+    """Run due evaluations every ``interval`` seconds until ``stop`` is set.
+
+    Errors are logged and the loop goes on (a database restart must not stop
+    time for good).
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    while not stop.is_set():
         try:
             async with pool.connection() as conn:
                 count = await run_due(conn)
             if count:
                 log.info("re-evaluated %d contacts as time passed", count)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # logged; the next round retries
+        except Exception:
             log.exception("scheduler round failed")
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -17,6 +17,7 @@ from nudgel.api.embedded import database_url_from_env
 from nudgel.api.keys import create_key, revoke_key
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.settings import Settings
+from nudgel.cli.rules_commands import rules
 
 from nudgel import __version__
 
@@ -129,6 +130,9 @@ def keys_revoke(key: str) -> None:
         if not revoke_key(conn, key):
             raise click.ClickException("no such active key")
     click.echo("revoked")
+
+
+cli.add_command(rules)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
