@@ -36,6 +36,7 @@ from nudgel.api.routers import (
     test_clock,
     webhooks,
 )
+from nudgel.api.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
@@ -80,6 +81,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await worker_pool.open(wait=True)
         task = asyncio.create_task(delivery.run_worker(worker_pool, settings, stop))
         worker = (task, worker_pool)
+        # Time passing: contacts whose windowed results fell due.
+        scheduler = asyncio.create_task(
+            scheduler_loop(worker_pool, settings.schedule_interval, stop)
+        )
     try:
         yield
     finally:
@@ -90,6 +95,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker[0], settings.webhook_timeout + 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(scheduler, 30)
             await worker[1].close()
         await pool.close()
 

@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 
 import httpx
 import psycopg
+from nudgel.api.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -326,9 +327,10 @@ async def deliver_once(
 
 
 def make_worker_pool(url: str) -> AsyncConnectionPool:
-    """The worker's own small pool (not yet open): deliveries never wait on API requests."""
+    """The background work's own small pool (not yet open): deliveries and the scheduler
+    never wait on API requests."""
     return AsyncConnectionPool(
-        url, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False, name="nudgel-worker"
+        url, min_size=1, max_size=3, kwargs={"autocommit": True}, open=False, name="nudgel-worker"
     )
 
 
@@ -366,6 +368,10 @@ async def run_standalone(url: str, settings: Settings) -> None:
     pool = make_worker_pool(url)
     await pool.open(wait=True)
     try:
-        await run_worker(pool, settings, stop)
+        # The scheduler (re-evaluation as time passes) is background work too.
+        await asyncio.gather(
+            run_worker(pool, settings, stop),
+            scheduler_loop(pool, settings.schedule_interval, stop),
+        )
     finally:
         await pool.close()

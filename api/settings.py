@@ -61,7 +61,16 @@ class Settings(BaseSettings):
 
     # Webhook delivery (nudgel.api.delivery).
     run_worker: bool = Field(
-        default=True, description="Run the webhook delivery worker inside `nudgel serve`."
+        default=True,
+        description="Run the background work (webhook delivery, re-evaluation as time passes)"
+        " inside `nudgel serve`.",
+    )
+    schedule_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds between rounds of re-evaluating contacts whose time-dependent"
+        " results fell due (a contact leaves a `within 30d` segment at most this late).",
     )
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_backoff_base: float = Field(default=5.0, gt=0, description="Seconds, doubled per try.")

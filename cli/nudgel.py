@@ -81,7 +81,8 @@ def serve(host: str | None, port: int | None) -> None:
 
 @cli.command()
 def worker() -> None:
-    """Deliver webhooks until Ctrl-C or SIGTERM (what `nudgel serve` also runs).
+    """Deliver webhooks and re-evaluate contacts as time passes, until Ctrl-C or
+    SIGTERM (what `nudgel serve` also runs).
 
     Any number of workers may run side by side, with or without `serve`:
     they share the deliveries without sending one twice at the same time.
@@ -95,7 +96,10 @@ def worker() -> None:
     if settings.migrate_on_startup:
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
-    click.echo("nudgel: delivering webhooks (Ctrl-C stops)", err=True)
+    click.echo(
+        "nudgel: delivering webhooks and re-evaluating contacts as time passes (Ctrl-C stops)",
+        err=True,
+    )
     asyncio.run(run_standalone(url, settings))
     click.echo("nudgel: worker stopped", err=True)
 

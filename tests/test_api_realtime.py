@@ -329,3 +329,39 @@ def test_test_clock_is_for_test_keys_and_moves_forward_only(
         .json()["frozen_time"]
         .startswith("2026-03-01T00:00:00")
     )
+
+
+def test_the_scheduler_moves_contacts_out_of_windows_on_the_wall_clock(
+    migrated_url: str,
+) -> None:
+    """No test clock: the scheduler in the serve process re-evaluates the
+    contact when its event leaves the window, with no request at all."""
+    from datetime import UTC, datetime, timedelta
+
+    from nudgel.api.app import create_app
+    from nudgel.api.settings import Settings
+
+    key = _key(migrated_url, "live")
+    settings = Settings(database_url=migrated_url, schedule_interval=0.2)
+    try:
+        with TestClient(create_app(settings)) as client:
+            deploy(client, key, 'segment recent { event "visit" within 30d }')
+            at = datetime.now(UTC) - timedelta(days=30) + timedelta(seconds=3)
+            recorded = client.post(
+                "/v1/events",
+                json={"email": "w@example.com", "name": "visit", "at": at.isoformat()},
+                headers=bearer(key),
+            )
+            assert recorded.status_code == 201, recorded.text
+            contact_id = recorded.json()["contact_id"]
+            assert segment_ids(client, key, "recent") == [contact_id]
+            deadline = time.monotonic() + 30
+            while segment_ids(client, key, "recent") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert segment_ids(client, key, "recent") == []
+            exits = [
+                d for t, d in rule_events(migrated_url, key.workspace_id) if t == "segment.exited"
+            ]
+            assert [(d["contact_id"], d["reason"]) for d in exits] == [(contact_id, "time")]
+    finally:
+        drop_workspace(migrated_url, key.workspace_id)
