@@ -221,6 +221,15 @@ def test_contacts_enter_and_exit_as_data_and_time_change(
         "change_90d": "-5",
     }
     assert detail["stage"] == "customer"  # stages only move forward
+    history = client.get(
+        f"/v1/contacts/{ada['id']}/rule_history?kind=segment&limit=100", headers=bearer(key)
+    ).json()["data"]
+    assert [(h["name"], h["new_value"], h["reason"]) for h in history] == [
+        ("vip", "true", "contact.created, contact.tagged"),
+        ("buyers", "true", "event.recorded purchase"),
+        ("buyers", "false", "time"),
+    ]
+    assert history[-1]["at"].startswith("2026-03-22T00:00:00.000001")
     assert drift(migrated_url, key.workspace_id) == []
 
 
