@@ -1,9 +1,9 @@
 """The transactional outbox: one row per event, written with the change itself.
 
 Every mutation calls :func:`record` on the connection of its own transaction,
-so the event commits if and only if the change does; a delivery worker
-(later) reads the table, never the handlers' memory, so no event is lost on a
-crash and none is sent for a change that rolled back.
+so the event commits if and only if the change does; the delivery worker
+(``nudgel.api.delivery``) reads the table, never the handlers' memory, so no
+event is lost on a crash and none is sent for a change that rolled back.
 
 The payload is the event as webhooks will carry it (Standard Webhooks shape):
 ``{"type": ..., "timestamp": ..., "data": {...}}``; the row's ``event_id``
