@@ -12,6 +12,9 @@ after every step PostgreSQL itself is compared with the model: the live
 contacts and their profiles, no matchable identifier on two contacts, every
 accepted event on exactly one live contact (the one the model expects) and
 the events of deleted contacts gone, and the outbox rows per event type.
+Upserts sent with an ``Idempotency-Key`` are retried later: the retry gets the
+first response (even after merges or a delete) and acts not again, and the
+key reused with other parameters is refused.
 
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_api_stateful.py   # longer runs
 """
@@ -124,6 +127,9 @@ class ContactMachine(RuleBasedStateMachine):
         self.defined_tags: set[str] = set()
         self.outbox: Counter[str] = Counter()
         self.seq = itertools.count()
+        self.keys = itertools.count()
+        # Upserts sent with an Idempotency-Key that succeeded: (key, body, status, response).
+        self.replayable: list[tuple[str, dict[str, Any], int, dict[str, Any]]] = []
 
     def teardown(self) -> None:
         drop_workspace(self.url, self.key.workspace_id)
@@ -160,12 +166,19 @@ class ContactMachine(RuleBasedStateMachine):
     def link(self, body: dict[str, Any]) -> None:
         self.upsert(body)
 
-    @rule(body=upsert_bodies)
-    def upsert(self, body: dict[str, Any]) -> None:
+    @rule(body=upsert_bodies, idempotent=st.booleans())
+    def upsert(self, body: dict[str, Any], idempotent: bool = False) -> None:
         values, blocked = _normalised(body)
         matchable = {k: v for k, v in values.items() if k not in blocked}
         found = self._found(matchable)
-        response = self.client.post("/v1/contacts", json=body, headers=self.headers)
+        headers = dict(self.headers)
+        if idempotent:
+            headers["Idempotency-Key"] = f"key-{next(self.keys)}"
+        response = self.client.post("/v1/contacts", json=body, headers=headers)
+        if idempotent and response.status_code in (200, 201):
+            self.replayable.append(
+                (headers["Idempotency-Key"], body, response.status_code, response.json())
+            )
 
         owners = {matchable["external_id"]} if "external_id" in matchable else set()
         owners |= {c.ids["external_id"][0] for c in found if "external_id" in c.ids}
@@ -213,6 +226,21 @@ class ContactMachine(RuleBasedStateMachine):
             self.outbox["contact.tagged"] += 1
         contact.tags |= set(tags)
         self._check_profile(contact, response.json())
+
+    @precondition(lambda self: bool(self.replayable))
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        """A retry gets the first response, whatever happened since, and acts not again."""
+        key, body, status, first = data.draw(st.sampled_from(self.replayable), label="replayed")
+        headers = {**self.headers, "Idempotency-Key": key}
+        response = self.client.post("/v1/contacts", json=body, headers=headers)
+        assert response.status_code == status, response.text
+        assert response.json() == first
+        assert response.headers.get("Idempotent-Replayed") == "true"
+        # The same key with other parameters is refused, and changes nothing either.
+        other = {**body, "name": "Someone Else"}
+        refused = self.client.post("/v1/contacts", json=other, headers=headers)
+        assert refused.status_code == 422, refused.text
 
     def _some_id(self, data: st.DataObject) -> str:
         choices = sorted(self.live) + sorted(self.gone) + ["con_unknown"]
