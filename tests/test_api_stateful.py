@@ -115,6 +115,21 @@ def _normalised(body: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
     return values, {kind for kind, value in values.items() if value == BLOCKED}
 
 
+# What the service does today: a merge takes the oldest contact's value of a
+# kind even when it is a blocked placeholder and a newer contact has a real
+# one (see test_a_merge_keeps_a_real_identifier_over_a_blocked_one). When that
+# is fixed, set this to False: the model then prefers a real value.
+BLOCKED_BEATS_REAL_ON_MERGE = True
+
+
+def _merge_source(found: list[Contact], kind: str) -> Contact | None:
+    """The contact (oldest first) whose value of ``kind`` the survivor keeps."""
+    holders = [c for c in found if kind in c.ids]
+    if not BLOCKED_BEATS_REAL_ON_MERGE:
+        holders.sort(key=lambda c: c.ids[kind][1])  # real values first, stable
+    return holders[0] if holders else None
+
+
 class ContactMachine(RuleBasedStateMachine):
     def __init__(self, client: TestClient, url: str) -> None:
         super().__init__()
@@ -203,7 +218,7 @@ class ContactMachine(RuleBasedStateMachine):
             for kind in KINDS:
                 if kind in matchable:
                     ids[kind] = (matchable[kind], False)
-                elif source := next((c for c in found if kind in c.ids), None):
+                elif source := _merge_source(found, kind):
                     ids[kind] = source.ids[kind]
                 elif kind in values:
                     ids[kind] = (values[kind], True)
@@ -404,6 +419,34 @@ class ContactMachine(RuleBasedStateMachine):
             "SELECT event_type, count(*) FROM outbox WHERE workspace_id = %(ws)s GROUP BY 1"
         )
         assert Counter(dict(rows)) == +self.outbox
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a merge keeps the oldest contact's blocked placeholder over a newer"
+    " contact's real value (contacts_store._merged_profile), so the real one is lost",
+)
+def test_a_merge_keeps_a_real_identifier_over_a_blocked_one(
+    client: TestClient, migrated_url: str
+) -> None:
+    key = new_key(migrated_url)
+    try:
+        h = bearer(key)
+        placeholder = {"email": "test@example.com", "phone": "+254712000001"}
+        older = client.post("/v1/contacts", json=placeholder, headers=h).json()
+        client.post(
+            "/v1/contacts", json={"email": "ada@example.com", "whatsapp_id": "w1"}, headers=h
+        )
+        merged = client.post(
+            "/v1/contacts", json={"phone": "+254712000001", "whatsapp_id": "w1"}, headers=h
+        )
+        assert merged.status_code == 200 and merged.json()["id"] == older["id"]
+        # Ada's address must survive the merge: a placeholder never replaces a real value.
+        assert merged.json()["email"] == "ada@example.com"
+        again = client.post("/v1/contacts", json={"email": "ada@example.com"}, headers=h)
+        assert again.status_code == 200 and again.json()["id"] == older["id"]
+    finally:
+        drop_workspace(migrated_url, key.workspace_id)
 
 
 @pytest.fixture(scope="module")
