@@ -31,8 +31,11 @@ from nudgel.api.routers import (
     fields,
     history,
     jobs,
+    lists,
+    pages,
     rules,
     segments,
+    subscriptions,
     tags,
     test_clock,
     webhooks,
@@ -140,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
+    app.include_router(pages.router)  # confirm/unsubscribe pages: not /v1, no key
 
     @app.get(
         "/healthz",
@@ -173,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         history.OPENAPI_TAG,
         jobs.OPENAPI_TAG,
         test_clock.OPENAPI_TAG,
+        lists.OPENAPI_TAG,
+        subscriptions.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

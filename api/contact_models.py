@@ -19,8 +19,10 @@ __all__ = [
     "ContactTraits",
     "ContactUpsert",
     "DeletedContact",
+    "ListName",
     "Origin",
     "RecentEvent",
+    "RequestedStatus",
     "Source",
     "Subscription",
     "TagsAdd",
@@ -32,6 +34,13 @@ PRINTABLE_TEXT = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
 Source = Annotated[str, StringConstraints(pattern=PRINTABLE_TEXT, min_length=1, max_length=100)]
 # What a write that names no source records as the origin of the values it sets.
 DEFAULT_SOURCE = "api"
+# A list's name (/v1/lists): letters, digits and `_.-`, safe in a URL path
+# and in `subscribed "NAME"`.
+ListName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", min_length=1, max_length=100)
+]
+# What a request may ask a contact's status on a list to be (nudgel.api.subscribing).
+RequestedStatus = Literal["subscribed", "unsubscribed", "bounced"]
 EXAMPLE: dict[str, Any] = {
     "email": "ada@example.co.ke",
     "phone": "+254712345678",
@@ -97,6 +106,15 @@ class ContactUpsert(ContactTraits):
         description="Where the values come from (`form`, `api`, `ecommerce`, `campaign`,"
         " `page` or a custom name): recorded as the origin of each value this request"
         " changes. Default `api`.",
+    )
+    subscriptions: dict[ListName, RequestedStatus] = Field(
+        default_factory=dict,
+        max_length=100,
+        description='The contact\'s status on lists, e.g. `{"newsletter": "subscribed"}`:'
+        " `subscribed` subscribes (on a double opt-in list: `pending` and a confirmation email,"
+        " unless already subscribed or pending), `unsubscribed` and `bounced` set that status."
+        " Unknown lists are 422. Each change is a `list.<status>` event on the timeline and a"
+        " webhook event, with the request's `source`.",
     )
 
 

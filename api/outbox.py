@@ -41,6 +41,14 @@ EVENT_TYPES = frozenset(
         "segment.exited",
         "score.changed",
         "stage.changed",
+        # Lists (/v1/lists) and a contact's status on one: list.<new status>.
+        "list.created",
+        "list.updated",
+        "list.deleted",
+        "list.pending",
+        "list.subscribed",
+        "list.unsubscribed",
+        "list.bounced",
     }
 )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from nudgel.api.embedded import default_data_dir, ensure_embedded_postgres
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -88,6 +88,32 @@ class Settings(BaseSettings):
 
     idempotency_retention_hours: int = Field(default=24, ge=1)
 
+    # Lists and double opt-in (nudgel.api.mailer, nudgel.api.tokens).
+    smtp_url: str | None = Field(
+        default=None,
+        description="Where emails go: `smtp://user:password@host:587` (STARTTLS when the"
+        " server offers it) or `smtps://...:465` (TLS from the start). Unset: emails are"
+        " written to the log and kept for the dev inbox page (`/dev/inbox`).",
+    )
+    mail_from: str = Field(
+        default="Nudgel <no-reply@localhost>", description="The From of the emails sent."
+    )
+    smtp_timeout: float = Field(default=10.0, gt=0, description="Seconds per SMTP exchange.")
+    public_url: str | None = Field(
+        default=None,
+        description="The service's address as people reach it, for the links in emails"
+        " (`https://lists.example.com`). Default `http://{host}:{port}`.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs the confirm and unsubscribe links. Unset: a key generated once and"
+        " kept in the database (table service_secrets), so links survive restarts and every"
+        " instance on the database accepts them.",
+    )
+    confirmation_max_age: int = Field(
+        default=7 * 24 * 3600, ge=1, description="Seconds a confirm link stays valid."
+    )
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _empty_url_is_unset(cls, value: Any) -> Any:
@@ -103,6 +129,17 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("smtp_url", "public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    def base_url(self) -> str:
+        """Where links in emails point: ``public_url``, else this server's address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
 
     def embedded_data_dir(self) -> Path:
         """Where the embedded PostgreSQL keeps its data."""

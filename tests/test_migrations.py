@@ -41,6 +41,9 @@ TABLES = {
     "contact_scores",
     "rule_history",
     "jobs",
+    "lists",
+    "list_confirmations",
+    "service_secrets",
     "schema_migrations",
 }
 

@@ -9,8 +9,10 @@ from nudgel.api.routers import (
     fields,
     history,
     jobs,
+    lists,
     rules,
     segments,
+    subscriptions,
     tags,
     test_clock,
     webhooks,
@@ -29,4 +31,6 @@ ROUTERS: list[APIRouter] = [
     segments.router,
     jobs.router,
     test_clock.router,
+    lists.router,
+    subscriptions.router,
 ]

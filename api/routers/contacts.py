@@ -11,6 +11,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
+from nudgel.api import subscribing, tokens
 from nudgel.api.auth import Auth
 from nudgel.api.contact_fields import field_types, stored_fields_json
 from nudgel.api.contact_models import (
@@ -35,6 +36,7 @@ from nudgel.api.mutation import PostWriter, Transaction, Writer, replayable
 from nudgel.api.pagination import PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
 from nudgel.api.realtime import Change
+from nudgel.api.routers import subscriptions
 from nudgel.api.routers.common import Conn, identifier_problem, resource_router, settings_of
 
 router, OPENAPI_TAG = resource_router(
@@ -61,7 +63,8 @@ async def _view(tx: Transaction, pk: int) -> ContactOut:
         " Several: merges them into the oldest (200; `contact.merged`). Contacts with different"
         " external ids never merge (409). Blocked identifiers are stored but never matched."
         " Each value the request changes records `source` (default `api`) and the time as its"
-        " origin (`origins` on the contact's detail)."
+        " origin (`origins` on the contact's detail). `subscriptions` sets the contact's"
+        " status on lists, as `POST /v1/contacts/{id}/subscriptions` does."
     ),
     responses={
         **replayable(200),
@@ -85,6 +88,8 @@ async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Reque
         )
     except IdentifierError as error:
         raise identifier_problem(error) from None
+    # Outside the transaction: a signing key generated now is stored whatever happens.
+    key = await tokens.signing_key(request.app, writer.conn) if body.subscriptions else ""
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
@@ -98,12 +103,33 @@ async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Reque
             source=body.source,
         )
 
-        async def attempt() -> tuple[UpsertResult, ContactOut]:
-            result = await upsert(tx, req)
-            return result, await emit_upsert(tx, result)
+        def pointer(name: str) -> str:
+            return f"/subscriptions/{name}"
 
-        result, contact = await with_retries(tx.conn, attempt)
-        return await tx.respond(result.status, contact)
+        async def attempt() -> tuple[UpsertResult, ContactOut, list[subscribing.Outgoing]]:
+            # The lists before the contact, as every path locks them.
+            await subscriptions.lock_lists(tx, body.subscriptions, pointer)
+            result = await upsert(tx, req)
+            contact = await emit_upsert(tx, result)
+            if not body.subscriptions:
+                return result, contact, []
+            # After the contact's own events: list.* never precede contact.created.
+            outgoing = await subscriptions.apply(
+                tx,
+                settings,
+                key,
+                result.pk,
+                result.contact_id,
+                body.subscriptions,
+                body.source,
+                pointer=pointer,
+            )
+            return result, await _view(tx, result.pk), outgoing
+
+        result, contact, outgoing = await with_retries(tx.conn, attempt)
+        response = await tx.respond(result.status, contact)
+    await subscribing.send_all(request.app, outgoing)
+    return response
 
 
 WhereParam = Annotated[
