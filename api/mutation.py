@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from nudgel.api import idempotency, outbox, realtime
 from nudgel.api.auth import Auth
 from nudgel.api.db import connection
-from nudgel.api.rules_store import current_rules
+from nudgel.api.rules_store import rules_and_now
 from psycopg import AsyncConnection
 from pydantic import BaseModel
 
@@ -83,10 +83,10 @@ class Transaction:
     async def reevaluate(self) -> None:
         if not self._touched:
             return
-        deployed = await current_rules(self.conn, self.workspace_id)
+        deployed, now = await rules_and_now(self.conn, self.workspace_id)
         if deployed is None:
+            self._touched.clear()
             return
-        now = await realtime.evaluation_now(self.conn, self.workspace_id)
         # In pk order, as every path that locks several contacts does.
         for pk in sorted(self._touched):
             await realtime.reevaluate(

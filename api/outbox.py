@@ -69,12 +69,18 @@ async def record_many(
     conn: AsyncConnection,
     workspace_id: int,
     events: Sequence[tuple[str, dict[str, Any], int | None]],
+    *,
+    in_pipeline: bool = False,
 ) -> list[str]:
-    """Append ``(type, data, contact_pk)`` events in order, in one round trip."""
+    """Append ``(type, data, contact_pk)`` events in order, in one round trip.
+
+    ``in_pipeline``: the caller is in pipeline mode, where the transaction
+    status cannot be read; it checked it before entering the pipeline.
+    """
     for event_type, _, _ in events:
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}: add it to EVENT_TYPES")
-    if conn.info.transaction_status != TransactionStatus.INTRANS:
+    if not in_pipeline and conn.info.transaction_status != TransactionStatus.INTRANS:
         # In autocommit outside a transaction the event would commit on its
         # own, whatever happens to the change: exactly what the outbox is for
         # preventing.

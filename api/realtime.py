@@ -28,13 +28,14 @@ from decimal import Decimal
 from typing import Any
 
 from nudgel.api import outbox
-from nudgel.api.rules_store import DeployedRules, current_rules
+from nudgel.api.rules_store import DeployedRules, rules_and_now
 from nudgel.dsl.ast import Type
 from nudgel.runtime.contact import Contact, DataError, Event, field_value
 from nudgel.runtime.dependencies import DependencySet, NodeKey
 from nudgel.runtime.program import EPOCH, to_micros
 from nudgel.runtime.result import canonical_decimal
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 
 __all__ = [
     "Change",
@@ -122,16 +123,28 @@ SELECT c.id, c.email, c.phone, c.whatsapp_id, c.name, c.fields::text, c.stage,
        (SELECT coalesce(json_agg(json_build_array(
                  e.name, (extract(epoch FROM e.at) * 1000000)::bigint, e.props)), '[]')::text
           FROM events e
-         WHERE e.contact_pk = c.pk AND (%(all_events)s OR e.name = ANY(%(names)s)))
+         WHERE e.contact_pk = c.pk AND (%(all_events)s OR e.name = ANY(%(names)s))),
+       ARRAY(SELECT m.segment FROM segment_members m WHERE m.contact_pk = c.pk),
+       (SELECT coalesce(json_agg(json_build_array(s.score, s.value::text)), '[]')::text
+          FROM contact_scores s WHERE s.contact_pk = c.pk)
   FROM contacts c
  WHERE c.pk = %(pk)s AND c.workspace_id = %(ws)s
 """
 
 
+@dataclass
+class StoredState:
+    """What is stored for a contact: its memberships and score values."""
+
+    segments: set[str]
+    scores: dict[str, Decimal]
+
+
 async def load_contact(
     conn: AsyncConnection, workspace_id: int, pk: int, deployed: DeployedRules
-) -> Contact | None:
-    """The contact as the rules read it, with the events they read; None if gone.
+) -> tuple[Contact, StoredState] | None:
+    """The contact as the rules read it, with the events they read, and its
+    stored results (one query); None if gone.
 
     Stored values the rules cannot read (a field whose definition changed
     type) are missing, as the SQL backend's ``nudgel_try_*`` reads them.
@@ -150,7 +163,7 @@ async def load_contact(
     if row is None:
         return None
     (cid, email, phone, whatsapp_id, name, fields_text, stage, created, updated, tags) = row[:10]
-    subscriptions_text, events_text = row[10], row[11]
+    subscriptions_text, events_text, members, scores_text = row[10:14]
     contact = Contact(
         cid,
         email=email or None,
@@ -177,7 +190,10 @@ async def load_contact(
     for event_name, at, props in json.loads(events_text, parse_float=Decimal):
         contact.events.append(Event(event_name, int(at), props if isinstance(props, dict) else {}))
     contact.index_events()
-    return contact
+    stored = StoredState(
+        set(members), {name: Decimal(value) for name, value in json.loads(scores_text)}
+    )
+    return contact, stored
 
 
 async def reevaluate(
@@ -193,15 +209,14 @@ async def reevaluate(
     """Re-evaluate what ``change`` touches for contact ``pk``; None when the
     workspace has no rules or the contact is gone. ``silent`` nodes store
     their results without outbox events (the first fill of a new segment)."""
-    if deployed is None:
-        deployed = await current_rules(conn, workspace_id)
+    if deployed is None or now is None:
+        deployed, now = await rules_and_now(conn, workspace_id)
         if deployed is None:
             return None
-    contact = await load_contact(conn, workspace_id, pk, deployed)
-    if contact is None:
+    loaded = await load_contact(conn, workspace_id, pk, deployed)
+    if loaded is None:
         return None
-    if now is None:
-        now = await evaluation_now(conn, workspace_id)
+    contact, stored = loaded
     nodes = [node for node in deployed.rules.order if change.touches(deployed.dependencies[node])]
     program = deployed.program
     segments = {
@@ -212,7 +227,8 @@ async def reevaluate(
     stage = program.stage(contact, now) if stage_touched else None
     next_at = deployed.plan.next_change(contact, now) if deployed.plan.time_dependent else None
     writer = StateWriter(conn, workspace_id, now)
-    await writer.load([pk], list(segments), list(scores))
+    writer.members |= {(pk, name) for name in stored.segments}
+    writer.scores |= {(pk, name): value for name, value in stored.scores.items()}
     outcome = writer.contact(
         pk,
         contact.id,
@@ -382,12 +398,16 @@ class StateWriter:
                         for row in rows:
                             await copy.write_row(row)
                     rows.clear()
-        for statement, rows in statements:
-            if rows:
-                columns = [list(column) for column in zip(*rows, strict=True)]
-                await self.conn.execute(statement, columns)
-                rows.clear()
-        await outbox.record_many(self.conn, self.workspace_id, self.events)
+        if self.conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise RuntimeError("rule results must be written inside the mutation's transaction")
+        # Pipelined: the statements go out together, one wait for them all.
+        async with self.conn.pipeline():
+            for statement, rows in statements:
+                if rows:
+                    columns = [list(column) for column in zip(*rows, strict=True)]
+                    await self.conn.execute(statement, columns)
+                    rows.clear()
+            await outbox.record_many(self.conn, self.workspace_id, self.events, in_pipeline=True)
         self.events.clear()
 
 

@@ -15,18 +15,24 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nudgel.api.contact_fields import field_types
 from nudgel.dsl import ast
+from nudgel.dsl.ast import FIELD_TYPES
 from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
 from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic
 from nudgel.dsl.parser import parse
 from nudgel.runtime.dependencies import DependencySet, NodeKey
 from nudgel.runtime.next_change import TimePlan, time_plan
-from nudgel.runtime.program import Program
+from nudgel.runtime.program import Program, to_micros
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-__all__ = ["DeployedRules", "compile_for_workspace", "current_rules", "store_version"]
+__all__ = [
+    "DeployedRules",
+    "compile_for_workspace",
+    "current_rules",
+    "rules_and_now",
+    "store_version",
+]
 
 WORKSPACE_FIELDS = "<workspace fields>"
 
@@ -118,33 +124,60 @@ class DeployedRules:
 _compiled: dict[tuple[int, int, str], DeployedRules] = {}
 
 
-async def current_rules(conn: AsyncConnection, workspace_id: int) -> DeployedRules | None:
-    """The rules in force for the workspace, or None when none are deployed."""
-    cur = await conn.execute(
-        "SELECT version, files FROM rule_sets WHERE workspace_id = %s"
-        " ORDER BY version DESC LIMIT 1",
-        (workspace_id,),
-    )
+# One round trip for what every mutation needs: the version in force, the
+# field definitions it compiles against, and the workspace's evaluation instant.
+_CURRENT = """
+SELECT r.version,
+       (SELECT coalesce(json_agg(json_build_array(f.name, f.type) ORDER BY f.name), '[]')::text
+          FROM field_definitions f WHERE f.workspace_id = w.id),
+       coalesce(w.test_clock, now())
+  FROM workspaces w
+  LEFT JOIN LATERAL (SELECT version FROM rule_sets
+                      WHERE workspace_id = w.id ORDER BY version DESC LIMIT 1) r ON true
+ WHERE w.id = %s
+"""
+
+
+async def rules_and_now(
+    conn: AsyncConnection, workspace_id: int
+) -> tuple[DeployedRules | None, int]:
+    """The rules in force (None when none are deployed) and the instant rules
+    evaluate at: the workspace's test clock, else the transaction's start (so
+    an event recorded in it with no ``at`` counts)."""
+    cur = await conn.execute(_CURRENT, (workspace_id,))
     row = await cur.fetchone()
     if row is None:
-        return None
-    version, files = int(row[0]), row[1]
-    definitions = await field_types(conn, workspace_id)
-    signature = json.dumps(sorted((k, v.value) for k, v in definitions.items()))
-    key = (workspace_id, version, signature)
+        raise LookupError(f"no workspace {workspace_id}")
+    version, signature, now = row
+    micros = to_micros(now)
+    if version is None:
+        return None, micros
+    key = (workspace_id, int(version), signature)
     deployed = _compiled.get(key)
     if deployed is None:
-        result = compile_for_workspace(files, definitions)
+        cur = await conn.execute(
+            "SELECT files FROM rule_sets WHERE workspace_id = %s AND version = %s",
+            (workspace_id, version),
+        )
+        files_row = await cur.fetchone()
+        assert files_row is not None
+        definitions = {name: FIELD_TYPES[type_name] for name, type_name in json.loads(signature)}
+        result = compile_for_workspace(files_row[0], definitions)
         if result.rules is None:
-            # A field definition changed under deployed rules (deleting a
-            # field the rules use is refused, so this is a bug).
+            # Deleting a field the rules read is refused (409), so this is a bug.
             raise RuntimeError(
                 f"deployed rules v{version} of workspace {workspace_id} no longer compile"
             )
-        deployed = DeployedRules.build(version, files, result.rules)
+        deployed = DeployedRules.build(int(version), files_row[0], result.rules)
         if len(_compiled) > 256:
             _compiled.clear()
         _compiled[key] = deployed
+    return deployed, micros
+
+
+async def current_rules(conn: AsyncConnection, workspace_id: int) -> DeployedRules | None:
+    """The rules in force for the workspace, or None when none are deployed."""
+    deployed, _ = await rules_and_now(conn, workspace_id)
     return deployed
 
 

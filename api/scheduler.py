@@ -19,7 +19,7 @@ import contextlib
 import logging
 
 from nudgel.api import realtime
-from nudgel.api.rules_store import current_rules
+from nudgel.api.rules_store import rules_and_now
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -46,14 +46,14 @@ async def run_due_batch(conn: AsyncConnection, workspace_id: int | None = None) 
         cur = await conn.execute(_DUE, {"ws": workspace_id, "limit": BATCH})
         due = await cur.fetchall()
         for pk, ws in due:
-            deployed = await current_rules(conn, ws)
+            deployed, now = await rules_and_now(conn, ws)
             if deployed is None:
                 await conn.execute(
                     "UPDATE contacts SET next_evaluation_at = NULL WHERE pk = %s", (pk,)
                 )
                 continue
             await realtime.reevaluate(
-                conn, ws, pk, realtime.Change("time", time=True), deployed=deployed
+                conn, ws, pk, realtime.Change("time", time=True), deployed=deployed, now=now
             )
     return len(due)
 

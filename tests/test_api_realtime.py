@@ -374,3 +374,12 @@ def test_the_scheduler_moves_contacts_out_of_windows_on_the_wall_clock(
             assert [(d["contact_id"], d["reason"]) for d in exits] == [(contact_id, "time")]
     finally:
         drop_workspace(migrated_url, key.workspace_id)
+
+
+def test_a_field_the_rules_read_cannot_be_deleted(client: TestClient, key: IssuedKey) -> None:
+    deploy(client, key, 'segment pro { fields.plan = "pro" }')
+    refused = assert_problem(client.delete("/v1/fields/plan", headers=bearer(key)), 409)
+    assert "m.rules:1:15: unknown field `plan`" in refused["detail"]
+    deploy(client, key, 'segment vip { tag "vip" }')
+    assert client.delete("/v1/fields/plan", headers=bearer(key)).status_code == 200
+    assert client.get("/v1/rules", headers=bearer(key)).status_code == 200

@@ -11,10 +11,13 @@ from typing import Annotated, Literal
 
 from fastapi import Path, status
 from nudgel.api.auth import Auth
+from nudgel.api.contact_fields import field_types
 from nudgel.api.mutation import PostWriter, Writer, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
 from nudgel.api.routers.common import Conn, resource_router
+from nudgel.api.rules_store import compile_for_workspace, current_rules
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -53,6 +56,23 @@ class DeletedField(BaseModel):
     object: Literal["field"] = "field"
     name: str
     deleted: Literal[True] = True
+
+
+async def _refuse_if_rules_read(conn: AsyncConnection, workspace_id: int, name: str) -> None:
+    """409 when the deployed rules would no longer compile without the field."""
+    deployed = await current_rules(conn, workspace_id)
+    if deployed is None:
+        return
+    definitions = await field_types(conn, workspace_id)
+    definitions.pop(name, None)
+    result = compile_for_workspace(deployed.files, definitions)
+    if result.rules is None:
+        first = next(d for d in result.diagnostics if d.is_error)
+        raise ProblemError.conflict(
+            f"Field {name!r} is used by the deployed rules (v{deployed.version}):"
+            f" {first.span.file}:{first.span.line}:{first.span.column}: {first.message}."
+            " Deploy rules that do not use it first."
+        )
 
 
 def _not_found(name: str) -> ProblemError:
@@ -123,11 +143,13 @@ async def get_field(name: NameParam, auth: Auth, conn: Conn) -> FieldDefinition:
     "/{name}",
     response_model=DeletedField,
     summary="Delete a field",
-    description="Contacts keep their values; rules can no longer read them as a typed field.",
-    responses=problem_responses(404),
+    description="Contacts keep their values; rules can no longer read them as a typed field."
+    " 409 while the deployed rules use the field (deploy rules without it first).",
+    responses=problem_responses(404, 409),
 )
 async def delete_field(name: NameParam, writer: Writer) -> object:
     async with writer.transaction() as tx:
+        await _refuse_if_rules_read(tx.conn, tx.workspace_id, name)
         cur = tx.conn.cursor(row_factory=dict_row)
         await cur.execute(
             "DELETE FROM field_definitions WHERE workspace_id = %s AND name = %s"
