@@ -17,6 +17,7 @@ from nudgel.api.embedded import database_url_from_env
 from nudgel.api.keys import create_key, revoke_key
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.settings import Settings
+from nudgel.cli.import_command import import_command
 from nudgel.cli.rules_commands import rules
 
 from nudgel import __version__
@@ -137,6 +138,7 @@ def keys_revoke(key: str) -> None:
 
 
 cli.add_command(rules)
+cli.add_command(import_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

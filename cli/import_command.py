@@ -1,0 +1,177 @@
+"""`nudgel import FILE.csv --workspace NAME`: the CSV import of ``POST /v1/imports``
+from the command line, with a progress bar.
+
+The file is staged and applied in this process (``nudgel.api.imports``),
+straight on the database; the job is the same as the API's, so
+``GET /v1/imports/{id}`` shows it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import IO
+
+# contact_models and the routers package import each other; loading the
+# routers first is the order that resolves (the app's).
+import nudgel.api.routers  # noqa: F401
+
+# isort: split
+import click
+import psycopg
+from nudgel.api.db import make_pool
+from nudgel.api.embedded import database_url_from_env
+from nudgel.api.identity import normalise_blocked
+from nudgel.api.imports import (
+    DEFAULT_SOURCE,
+    ImportRefused,
+    prepare_import,
+    rejected_rows,
+    run_import,
+)
+from nudgel.api.migrate import apply_migrations
+from nudgel.api.settings import Settings
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["import_command"]
+
+SHOWN_REJECTIONS = 10
+
+
+@click.command(name="import")
+@click.argument("path", metavar="FILE.csv")
+@click.option("--workspace", required=True, help="The workspace's name.")
+@click.option("--tag", "tags", multiple=True, help="Add this tag to every contact (repeatable).")
+@click.option(
+    "--mapping",
+    default=None,
+    help='JSON object of header: target, e.g. \'{"E-mail": "email", "Notes": "-"}\'.',
+)
+@click.option(
+    "--source", default=DEFAULT_SOURCE, show_default=True, help="Origin recorded for the values."
+)
+def import_command(
+    path: str, workspace: str, tags: tuple[str, ...], mapping: str | None, source: str
+) -> None:
+    """Import contacts from FILE.csv (UTF-8, a header row first).
+
+    Columns map to attributes (email, phone, whatsapp_id, external_id, name,
+    tags, push_tokens) and fields by header name; --mapping overrides that
+    ("-" ignores a column). Rows merge like `POST /v1/contacts` upserts; a bad
+    row is reported with its row number (the header is row 1) and reason and
+    the rest goes on. Exit 0 when the import ran, rejected rows or not; 1 when
+    the file cannot be read or imported at all, or the import failed.
+    """
+    columns = _parse_mapping(mapping)
+    try:
+        binary = open(path, "rb")  # noqa: SIM115 - closed below, after the async part
+    except OSError as error:
+        raise click.ClickException(f"cannot read {path}: {error.strerror}") from None
+    with binary:
+        settings = Settings()
+        url = database_url_from_env()
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_migrations(conn)
+        sys.exit(
+            asyncio.run(_import(url, settings, binary, path, workspace, columns, tags, source))
+        )
+
+
+def _parse_mapping(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint="--mapping") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise click.BadParameter("a JSON object of header: target", param_hint="--mapping")
+    return value
+
+
+async def _import(
+    url: str,
+    settings: Settings,
+    binary: IO[bytes],
+    path: str,
+    workspace: str,
+    mapping: dict[str, str] | None,
+    tags: tuple[str, ...],
+    source: str,
+) -> int:
+    pool = make_pool(url, settings)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT id FROM workspaces WHERE name = %s", (workspace,))
+            row = await cur.fetchone()
+            if row is None:
+                raise click.ClickException(f"no workspace named {workspace!r}")
+            workspace_id = int(row[0])
+            click.echo(f"staging {path} ...", err=True)
+            try:
+                async with conn.transaction():
+                    job_id, total = await prepare_import(
+                        conn,
+                        workspace_id,
+                        binary,
+                        filename=path,
+                        mapping=mapping,
+                        tags=list(tags),
+                        source=source,
+                    )
+            except ImportRefused as error:
+                raise click.ClickException(error.detail) from None
+        click.echo(f"import {job_id}: {total} rows", err=True)
+        region = settings.default_phone_region
+        blocked = normalise_blocked(settings.blocked_identifiers, region)
+        task = asyncio.create_task(run_import(pool, workspace_id, job_id, region, blocked))
+        status, result, error_text = await _follow(pool, job_id, task)
+        if status != "succeeded":
+            click.echo(f"the import failed: {error_text}", err=True)
+            return 1
+        assert result is not None
+        click.echo(
+            f"{result['rows']} rows: {result['created']} created, {result['updated']} updated,"
+            f" {result['merged']} merged, {result['unchanged']} unchanged,"
+            f" {result['rejected']} rejected"
+        )
+        if result["rejected"]:
+            async with pool.connection() as conn:
+                shown = await rejected_rows(conn, job_id, 0, SHOWN_REJECTIONS)
+            for rejection in shown:
+                where = f" ({rejection.column})" if rejection.column else ""
+                click.echo(f"row {rejection.row}{where}: {rejection.reason}")
+            if result["rejected"] > len(shown):
+                click.echo(
+                    f"... and {result['rejected'] - len(shown)} more:"
+                    f" GET /v1/imports/{job_id}/rejected"
+                )
+        return 0
+    finally:
+        await pool.close()
+
+
+async def _follow(
+    pool: AsyncConnectionPool, job_id: str, task: asyncio.Task[None]
+) -> tuple[str, dict[str, int] | None, str | None]:
+    """Show the job's progress until it ends; its final status, result and error."""
+    shown = 0
+    with click.progressbar(length=1, label="importing", show_pos=True, file=sys.stderr) as bar:
+        while True:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT status, total, done, result, error FROM jobs WHERE id = %s", (job_id,)
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            status, total, done, result, error = row
+            if total and bar.length != total:
+                bar.length = total
+            if done > shown:
+                bar.update(done - shown)
+                shown = done
+            if task.done() and status in ("succeeded", "failed"):
+                return status, result, error
+            await asyncio.sleep(0.2)
