@@ -122,8 +122,10 @@ async def _backfill(
 ) -> dict[str, Any]:
     query = SqlCompiler(deployed.rules).everything()
     counts = {"contacts": 0, "entered": 0, "exited": 0, "scores_changed": 0, "stages_changed": 0}
+    # Both connections stay in the pool's autocommit mode (a connection handed
+    # back in another mode would turn later statements into one open
+    # transaction); the reader's snapshot is an explicit transaction.
     async with pool.connection() as reader, pool.connection() as writer:
-        await reader.set_autocommit(False)
         async with reader.transaction():
             await reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             now = await realtime.evaluation_now(reader, workspace_id)

@@ -383,3 +383,77 @@ def test_a_field_the_rules_read_cannot_be_deleted(client: TestClient, key: Issue
     deploy(client, key, 'segment vip { tag "vip" }')
     assert client.delete("/v1/fields/plan", headers=bearer(key)).status_code == 200
     assert client.get("/v1/rules", headers=bearer(key)).status_code == 200
+
+
+REALTIME_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", "/v1/rules", {"files": {"m.rules": 'segment a { tag "x" }'}}),
+    ("GET", "/v1/rules", None),
+    ("GET", "/v1/segments", None),
+    ("GET", "/v1/segments/a/contacts", None),
+    ("GET", "/v1/jobs/job_x", None),
+    ("GET", "/v1/test_clock", None),
+    ("PUT", "/v1/test_clock", {"frozen_time": START}),
+    ("POST", "/v1/test_clock/advance", {"to": START}),
+    ("GET", "/v1/contacts/con_x/rule_history", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), REALTIME_ENDPOINTS)
+def test_every_realtime_route_needs_a_key(
+    client: TestClient, method: str, path: str, body: Any
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer sk_test_nope"}):
+        response = client.request(method, path, json=body, headers=headers)
+        assert_problem(response, 401)
+
+
+def test_another_workspace_sees_none_of_it(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    body = deploy(client, key, 'segment vip { tag "vip" }')
+    ada = upsert(client, key, {"email": "iso@example.com", "tags": ["vip"]})
+    other = _key(migrated_url)
+    try:
+        theirs = bearer(other)
+        assert_problem(client.get("/v1/rules", headers=theirs), 404)
+        assert client.get("/v1/segments", headers=theirs).json()["data"] == []
+        assert_problem(client.get("/v1/segments/vip/contacts", headers=theirs), 404)
+        assert_problem(client.get(f"/v1/jobs/{body['job']['id']}", headers=theirs), 404)
+        assert_problem(client.get(f"/v1/contacts/{ada['id']}/rule_history", headers=theirs), 404)
+        # Their clock is theirs: moving it leaves ours where it was.
+        client.put("/v1/test_clock", json={"frozen_time": "2030-01-01T00:00:00Z"}, headers=theirs)
+        ours = client.get("/v1/test_clock", headers=bearer(key)).json()["frozen_time"]
+        assert ours.startswith("2026-03-01")
+    finally:
+        drop_workspace(migrated_url, other.workspace_id)
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer"),
+    [
+        ({}, "/files"),
+        ({"files": {}}, "/files"),
+        ({"files": {"notes.txt": "segment a { true }"}}, "/files/notes.txt"),
+        ({"files": {"m.rules": 7}}, "/files/m.rules"),
+        ({"files": {"m.rules": "segment a { true }"}, "extra": 1}, "/extra"),
+    ],
+)
+def test_invalid_deploy_bodies(
+    client: TestClient, key: IssuedKey, body: dict[str, Any], pointer: str
+) -> None:
+    problem = assert_problem(client.put("/v1/rules", json=body, headers=bearer(key)), 422)
+    assert any(e["pointer"].startswith(pointer) for e in problem["errors"]), problem
+
+
+def test_advance_is_idempotent_with_a_key(client: TestClient, key: IssuedKey) -> None:
+    headers = bearer(key, **{"Idempotency-Key": "adv-1"})
+    first = client.post(
+        "/v1/test_clock/advance", json={"to": "2026-03-05T00:00:00Z"}, headers=headers
+    )
+    again = client.post(
+        "/v1/test_clock/advance", json={"to": "2026-03-05T00:00:00Z"}, headers=headers
+    )
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    bad = client.post("/v1/test_clock/advance", json={"to": "next week"}, headers=bearer(key))
+    assert assert_problem(bad, 422)["errors"][0]["pointer"] == "/to"
