@@ -83,8 +83,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(url: str, pool: int) -> Iterator[str]:
-    """The service on a free port (migrations applied at startup); its base URL."""
+def served(url: str, pool: int) -> Iterator[tuple[str, int]]:
+    """The service on a free port (migrations applied at startup): its base URL and pid."""
     port = free_port()
     # Not the repository root as the working directory: the editable install
     # maps nudgel.* to the sources, and `python -c` puts the cwd first.
@@ -105,7 +105,7 @@ def served(url: str, pool: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not answer /healthz within 60 s")
             time.sleep(0.2)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -166,9 +166,19 @@ async def drive(
     return time.perf_counter() - start, latencies
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_api(
-    base: str, secret: str, bodies: list[dict[str, Any]], clients: int
-) -> tuple[float, list[float], dict[int, int]]:
+    base: str, pid: int, secret: str, bodies: list[dict[str, Any]], clients: int
+) -> tuple[float, list[float], dict[int, int], float | None, float]:
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {secret}"}
@@ -182,8 +192,11 @@ async def run_api(
         warm = [{"email": f"warm{i}@bench.example"} for i in range(4 * clients)]
         await drive(warm, clients, send)
         statuses.clear()
+        cpu_before, client_before = cpu_seconds(pid), time.process_time()
         wall, latencies = await drive(bodies, clients, send)
-    return wall, latencies, statuses
+        cpu_after, client_cpu = cpu_seconds(pid), time.process_time() - client_before
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return wall, latencies, statuses, cpu, client_cpu
 
 
 BASELINE_TABLE = """
@@ -244,12 +257,12 @@ def main() -> None:
 
     with throwaway_database(server_url) as url:
         baseline_wall, baseline_lat = asyncio.run(run_baseline(url, bodies, args.clients))
-        with served(url, args.clients) as base:
+        with served(url, args.clients) as (base, pid):
             # The service migrated the database at startup: the key goes in now.
             with psycopg.connect(url, autocommit=True) as conn:
                 key = create_key(conn, "bench", "live")
-            api_wall, api_lat, statuses = asyncio.run(
-                run_api(base, key.secret, bodies, args.clients)
+            api_wall, api_lat, statuses, server_cpu, client_cpu = asyncio.run(
+                run_api(base, pid, key.secret, bodies, args.clients)
             )
         with psycopg.connect(url) as conn:
             row = conn.execute(
@@ -284,6 +297,17 @@ def main() -> None:
         f" {percentile(api_lat, 0.5) / percentile(baseline_lat, 0.5):9.1f}"
         f" {percentile(api_lat, 0.99) / percentile(baseline_lat, 0.99):9.1f}"
         f" {statistics.fmean(api_lat) / statistics.fmean(baseline_lat):9.1f}"
+    )
+    # CPU per request is less sensitive to other load on the machine than
+    # the wall-clock figures; near 100% of a core, that process is the limit.
+    if server_cpu is not None:
+        print(
+            f"server CPU: {1000 * server_cpu / requests:.2f} ms per upsert"
+            f" ({server_cpu / api_wall:.0%} of one core during the run)"
+        )
+    print(
+        f"client CPU: {1000 * client_cpu / requests:.2f} ms per request"
+        f" ({client_cpu / api_wall:.0%} of one core)"
     )
     if failed:
         raise SystemExit(f"requests failed: {failed}")
