@@ -334,6 +334,12 @@ async def _absorb(conn: AsyncConnection, survivor: dict[str, Any], others: list[
         " updated_at = excluded.updated_at WHERE excluded.updated_at > subscriptions.updated_at",
         (survivor["pk"], others),
     )
+    # Confirm links already sent stay valid: they now confirm the survivor's
+    # (moved) subscription.
+    await conn.execute(
+        "UPDATE list_confirmations SET contact_pk = %s WHERE contact_pk = ANY(%s)",
+        (survivor["pk"], others),
+    )
     # Deleted before the survivor takes their identifiers (unique indexes).
     await conn.execute("DELETE FROM contacts WHERE pk = ANY(%s)", (others,))
 
