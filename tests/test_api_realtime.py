@@ -17,6 +17,10 @@ from nudgel.api.deploy import verify
 from nudgel.api.keys import IssuedKey, create_key
 from test_api_contacts import contacts_client, drop_workspace
 from test_api_foundation import assert_problem, bearer
+from test_webhook_delivery import Receiver, run_workers, subscribe, worker_settings
+
+# The local webhook receiver, as a fixture of this module.
+from test_webhook_delivery import receiver as webhook_receiver  # noqa: F401
 
 pytestmark = pytest.mark.postgres
 
@@ -457,3 +461,50 @@ def test_advance_is_idempotent_with_a_key(client: TestClient, key: IssuedKey) ->
     assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
     bad = client.post("/v1/test_clock/advance", json={"to": "next week"}, headers=bearer(key))
     assert assert_problem(bad, 422)["errors"][0]["pointer"] == "/to"
+
+
+def test_segment_and_score_webhooks_are_delivered_signed_and_in_order(
+    client: TestClient,
+    key: IssuedKey,
+    migrated_url: str,
+    webhook_receiver: Receiver,  # noqa: F811  (the fixture imported above)
+) -> None:
+    """End to end: a real receiver verifies every signature; it sees the
+    contact enter, its score and stage change, and exit as the window closes."""
+    deploy(client, key, RULES)
+    subscribe(
+        client,
+        key,
+        webhook_receiver,
+        "/rules",
+        ["segment.entered", "segment.exited", "score.changed", "stage.changed"],
+    )
+    webhook_receiver.fail_first = 2  # retried, then delivered
+    upsert(client, key, {"email": "hook@example.com", "tags": ["vip"]})
+    event(client, key, "hook@example.com", "purchase", "2026-02-28T00:00:00Z")
+    event(client, key, "hook@example.com", "purchase", "2026-02-28T12:00:00Z")
+    client.post("/v1/test_clock/advance", json={"to": "2026-04-01T00:00:00Z"}, headers=bearer(key))
+    expected = rule_events(migrated_url, key.workspace_id)
+
+    def delivered() -> bool:
+        return len(webhook_receiver.accepted("/rules")) == len(expected)
+
+    run_workers(migrated_url, worker_settings(migrated_url), delivered)
+    assert webhook_receiver.invalid == []
+    got = [
+        (r.payload["type"], r.payload["data"])
+        for r in webhook_receiver.requests("/rules")
+        if r.answered == 200
+    ]
+    assert got == expected
+    assert summary(got) == [
+        ("segment.entered", "vip"),
+        ("score.changed", "engagement 0->-5"),
+        ("stage.changed", "None->lead"),
+        ("score.changed", "engagement -5->25"),
+        ("stage.changed", "lead->customer"),
+        ("segment.entered", "buyers"),
+        ("score.changed", "engagement 25->50"),
+        ("segment.exited", "buyers"),
+        ("score.changed", "engagement 50->-5"),
+    ]
