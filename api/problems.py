@@ -174,14 +174,14 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI answers a JSON body it cannot decode (not UTF-8, nested too
         # deep) with a bare 400, but malformed JSON with a 422: both are a
         # body that is not JSON, so both are the documented 422 problem.
-        detail = f"The body is not valid JSON: {exc.__cause__}"
+        reason = f"The body is not valid JSON: {exc.__cause__}"
         return problem_response(
             request,
             422,
             "Invalid request",
-            f"body: {detail}",
+            f"body: {reason}",
             type_=problem_type("validation"),
-            errors=[FieldError(location="body", pointer="", detail=detail, code="json_invalid")],
+            errors=[FieldError(location="body", pointer="", detail=reason, code="json_invalid")],
         )
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
