@@ -189,7 +189,12 @@ def _merged_profile(
         if kind in ids.matchable:
             profile[kind] = ids.values[kind]
             continue
-        source = next((r for r in found if r[kind] is not None), None)
+        # A real value (oldest first) beats a blocked placeholder, whichever
+        # contact is older: the placeholder identifies nobody.
+        source = next(
+            (r for r in found if r[kind] is not None and kind not in r["unmatched_identifiers"]),
+            None,
+        ) or next((r for r in found if r[kind] is not None), None)
         if source is not None:
             profile[kind] = source[kind]
             if kind in source["unmatched_identifiers"]:

@@ -115,11 +115,9 @@ def _normalised(body: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
     return values, {kind for kind, value in values.items() if value == BLOCKED}
 
 
-# What the service does today: a merge takes the oldest contact's value of a
-# kind even when it is a blocked placeholder and a newer contact has a real
-# one (see test_a_merge_keeps_a_real_identifier_over_a_blocked_one). When that
-# is fixed, set this to False: the model then prefers a real value.
-BLOCKED_BEATS_REAL_ON_MERGE = True
+# A merge keeps a real value of a kind over a blocked placeholder, whichever
+# contact is older (test_a_merge_keeps_a_real_identifier_over_a_blocked_one).
+BLOCKED_BEATS_REAL_ON_MERGE = False
 
 
 def _merge_source(found: list[Contact], kind: str) -> Contact | None:
@@ -421,11 +419,6 @@ class ContactMachine(RuleBasedStateMachine):
         assert Counter(dict(rows)) == +self.outbox
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a merge keeps the oldest contact's blocked placeholder over a newer"
-    " contact's real value (contacts_store._merged_profile), so the real one is lost",
-)
 def test_a_merge_keeps_a_real_identifier_over_a_blocked_one(
     client: TestClient, migrated_url: str
 ) -> None:
