@@ -33,6 +33,11 @@ and ``push_tokens`` hold several values separated by ``;``; a ``number``
 field reads decimal text, a ``bool`` field ``true``/``false``/``yes``/``no``/
 ``1``/``0``, a ``json`` field JSON text, the others the text as is. A row
 without any identifier is rejected: it could never match on a re-import.
+
+The import's tags are added to every contact it writes; its list (if any)
+is asked ``subscribed`` for each, as an upsert's ``subscriptions`` does:
+on a double opt-in list that is ``pending`` and a confirmation email, sent
+once the row's batch has committed, and a row without an email is rejected.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -57,6 +62,9 @@ from nudgel.api.contacts_store import UpsertInput, UpsertResult, upsert, with_re
 from nudgel.api.identity import KINDS, IdentifierError, Identifiers
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError
+from nudgel.api.routers.subscriptions import apply as apply_subscriptions
+from nudgel.api.settings import Settings
+from nudgel.api.subscribing import Outgoing, get_list
 from nudgel.dsl.ast import Type
 from psycopg import AsyncConnection, errors
 from psycopg.types.json import Jsonb
@@ -71,6 +79,7 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "Counts",
     "ImportRefused",
+    "ListContext",
     "Rejection",
     "prepare_import",
     "rejected_rows",
@@ -246,6 +255,7 @@ async def prepare_import(
     mapping: Mapping[str, str] | None,
     tags: Sequence[str],
     source: str,
+    list_name: str | None = None,
 ) -> tuple[str, int]:
     """In the caller's transaction: the job and its staged rows; (job id, rows).
 
@@ -254,15 +264,26 @@ async def prepare_import(
     parsed = await asyncio.to_thread(_CsvFile, binary)
     fields = await field_types(conn, workspace_id)
     targets = resolve_targets(parsed.header, mapping, fields)
+    if list_name is not None and await get_list(conn, workspace_id, list_name) is None:
+        raise ImportRefused(f"There is no list {list_name!r} (create it with POST /v1/lists).")
     job_id = "job_" + secrets.token_hex(12)
     await conn.execute(
         "INSERT INTO jobs (id, workspace_id, kind, status) VALUES (%s, %s, 'import', 'queued')",
         (job_id, workspace_id),
     )
     await conn.execute(
-        "INSERT INTO imports (job_id, workspace_id, filename, header, targets, tags, source)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (job_id, workspace_id, filename, parsed.header, targets, sorted(set(tags)), source),
+        "INSERT INTO imports (job_id, workspace_id, filename, header, targets, tags, source, list)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            job_id,
+            workspace_id,
+            filename,
+            parsed.header,
+            targets,
+            sorted(set(tags)),
+            source,
+            list_name,
+        ),
     )
     total = 0
     async with conn.cursor().copy(
@@ -292,6 +313,7 @@ class _Plan:
     targets: list[str | None]
     tags: list[str]
     source: str
+    list: str | None
 
     def column_of(self, target: str) -> str | None:
         return next(
@@ -417,20 +439,53 @@ class Counts:
         }
 
 
-async def _upsert_row(tx: Transaction, req: UpsertInput) -> UpsertResult:
+@dataclass(frozen=True)
+class ListContext:
+    """What subscribing imported contacts to a list needs (as ``POST /v1/contacts``
+    with ``subscriptions``): the settings (links, sender), the token signing
+    key, and how to send the confirmation emails once a batch has committed."""
+
+    settings: Settings
+    key: str
+    send: Callable[[list[Outgoing]], Awaitable[None]]
+
+
+async def _upsert_row(
+    tx: Transaction,
+    req: UpsertInput,
+    list_name: str | None,
+    lists: ListContext | None,
+    outgoing: list[Outgoing],
+) -> UpsertResult:
+    outgoing.clear()  # a retried attempt's emails were rolled back with it
     result = await upsert(tx, req)
     await emit_upsert(tx, result)
+    if list_name is not None:
+        assert lists is not None
+        # After the contact's own events, as the API does: list.* never
+        # precede contact.created. A double opt-in list needs an email: a
+        # row without one is refused (422 problem) and rolled back whole.
+        outgoing += await apply_subscriptions(
+            tx,
+            lists.settings,
+            lists.key,
+            result.pk,
+            result.contact_id,
+            {list_name: "subscribed"},
+            req.source,
+            pointer=lambda _: "/list",
+        )
     return result
 
 
 async def _load_plan(conn: AsyncConnection, job_id: str) -> _Plan:
     cur = await conn.execute(
-        "SELECT header, targets, tags, source FROM imports WHERE job_id = %s", (job_id,)
+        "SELECT header, targets, tags, source, list FROM imports WHERE job_id = %s", (job_id,)
     )
     row = await cur.fetchone()
     if row is None:
         raise LookupError(f"no import {job_id}")
-    return _Plan(list(row[0]), list(row[1]), list(row[2]), row[3])
+    return _Plan(list(row[0]), list(row[1]), list(row[2]), row[3], row[4])
 
 
 async def _apply_batch(
@@ -442,10 +497,16 @@ async def _apply_batch(
     region: str,
     blocked: frozenset[str],
     counts: Counts,
-) -> None:
-    """One transaction: every row applied in its savepoint or rejected."""
+    lists: ListContext | None,
+) -> list[Outgoing]:
+    """One transaction: every row applied in its savepoint or rejected; the
+    confirmation emails to send once it has committed."""
     types = await field_types(conn, workspace_id)
     batch = Transaction(conn, workspace_id)
+    outgoing: list[Outgoing] = []
+    # Lists are locked before contacts on every path (routers.subscriptions).
+    if plan.list is not None and await get_list(conn, workspace_id, plan.list, share=True) is None:
+        raise LookupError(f"list {plan.list!r} was deleted during the import")
     applied: list[int] = []
     rejected: list[tuple[int, str | None, str]] = []
     for number, cells in rows:
@@ -457,8 +518,11 @@ async def _apply_batch(
         # Its own Transaction: what a row touches joins the batch only if the
         # row stands (a rolled-back merge must not drop another row's touch).
         row_tx = Transaction(conn, workspace_id)
+        mails: list[Outgoing] = []
         try:
-            result = await with_retries(conn, partial(_upsert_row, row_tx, req))
+            result = await with_retries(
+                conn, partial(_upsert_row, row_tx, req, plan.list, lists, mails)
+            )
         except ProblemError as error:
             rejected.append((number, None, error.detail or error.title))
             continue
@@ -468,6 +532,7 @@ async def _apply_batch(
             continue
         for pk, change in row_tx._touched.items():
             batch.touch(pk, change)
+        outgoing += mails
         counts.add(result)
         applied.append(number)
     if applied:
@@ -485,10 +550,16 @@ async def _apply_batch(
         )
         counts.rejected += len(rejected)
     await batch.reevaluate()
+    return outgoing
 
 
 async def _run(
-    pool: AsyncConnectionPool, workspace_id: int, job_id: str, region: str, blocked: frozenset[str]
+    pool: AsyncConnectionPool,
+    workspace_id: int,
+    job_id: str,
+    region: str,
+    blocked: frozenset[str],
+    lists: ListContext | None,
 ) -> Counts:
     async with pool.connection() as conn:
         if not conn.autocommit:
@@ -498,6 +569,8 @@ async def _run(
             # never commits: the import would vanish.
             await conn.set_autocommit(True)
         plan = await _load_plan(conn, job_id)
+        if plan.list is not None and lists is None:
+            raise RuntimeError("the import subscribes to a list: run_import needs lists=")
         cur = await conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL)"
             " FROM import_rows WHERE job_id = %s",
@@ -522,7 +595,9 @@ async def _run(
                 rows = [(int(r[0]), list(r[1])) for r in await cur.fetchall()]
                 if not rows:
                     break
-                await _apply_batch(conn, workspace_id, job_id, plan, rows, region, blocked, counts)
+                outgoing = await _apply_batch(
+                    conn, workspace_id, job_id, plan, rows, region, blocked, counts, lists
+                )
                 done += len(rows)
                 # Counts so far, with the progress: a client polling the job
                 # sees them grow.
@@ -531,19 +606,30 @@ async def _run(
                     (done, Jsonb(counts.as_json()), job_id),
                 )
             last = rows[-1][0]
+            if outgoing:
+                # Committed: the confirmation emails of the batch go out (never
+                # for a change that rolled back; no locks held while sending).
+                assert lists is not None
+                await lists.send(outgoing)
     return counts
 
 
 async def run_import(
-    pool: AsyncConnectionPool, workspace_id: int, job_id: str, region: str, blocked: frozenset[str]
+    pool: AsyncConnectionPool,
+    workspace_id: int,
+    job_id: str,
+    region: str,
+    blocked: frozenset[str],
+    lists: ListContext | None = None,
 ) -> None:
     """Apply the staged rows to the end, recording the counts or the failure on the job.
 
     ``region`` and ``blocked`` are the settings' default phone region and
-    normalised blocked identifiers, as for ``POST /v1/contacts``.
+    normalised blocked identifiers, as for ``POST /v1/contacts``; ``lists``
+    is needed when the import subscribes to a list.
     """
     try:
-        counts = await _run(pool, workspace_id, job_id, region, blocked)
+        counts = await _run(pool, workspace_id, job_id, region, blocked, lists)
     except Exception as error:  # recorded on the job; the service goes on
         log.exception("import %s failed", job_id)
         async with pool.connection() as conn:
@@ -565,11 +651,16 @@ RUNNING: set[asyncio.Task[None]] = set()
 
 
 def start_import(
-    pool: AsyncConnectionPool, workspace_id: int, job_id: str, region: str, blocked: frozenset[str]
+    pool: AsyncConnectionPool,
+    workspace_id: int,
+    job_id: str,
+    region: str,
+    blocked: frozenset[str],
+    lists: ListContext | None = None,
 ) -> None:
     """Start applying a prepared import (after its transaction committed)."""
     task = asyncio.create_task(
-        run_import(pool, workspace_id, job_id, region, blocked), name=f"import {job_id}"
+        run_import(pool, workspace_id, job_id, region, blocked, lists), name=f"import {job_id}"
     )
     RUNNING.add(task)
     task.add_done_callback(RUNNING.discard)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import random
 import secrets
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from functools import partial
 from typing import IO
 
 # contact_models and the routers package import each other; loading the
@@ -20,12 +21,15 @@ import nudgel.api.routers  # noqa: F401
 # isort: split
 import click
 import psycopg
+from fastapi import FastAPI
+from nudgel.api import subscribing, tokens
 from nudgel.api.db import make_pool
 from nudgel.api.embedded import database_url_from_env
 from nudgel.api.identity import normalise_blocked
 from nudgel.api.imports import (
     DEFAULT_SOURCE,
     ImportRefused,
+    ListContext,
     prepare_import,
     rejected_rows,
     run_import,
@@ -44,6 +48,12 @@ SHOWN_REJECTIONS = 10
 @click.option("--workspace", required=True, help="The workspace's name.")
 @click.option("--tag", "tags", multiple=True, help="Add this tag to every contact (repeatable).")
 @click.option(
+    "--list",
+    "list_name",
+    default=None,
+    help="Subscribe every contact to this list (double opt-in: pending and a confirmation email).",
+)
+@click.option(
     "--mapping",
     default=None,
     help='JSON object of header: target, e.g. \'{"E-mail": "email", "Notes": "-"}\'.',
@@ -52,7 +62,12 @@ SHOWN_REJECTIONS = 10
     "--source", default=DEFAULT_SOURCE, show_default=True, help="Origin recorded for the values."
 )
 def import_command(
-    path: str, workspace: str, tags: tuple[str, ...], mapping: str | None, source: str
+    path: str,
+    workspace: str,
+    tags: tuple[str, ...],
+    list_name: str | None,
+    mapping: str | None,
+    source: str,
 ) -> None:
     """Import contacts from FILE.csv (UTF-8, a header row first).
 
@@ -62,6 +77,9 @@ def import_command(
     row is reported with its row number (the header is row 1) and reason and
     the rest goes on. Exit 0 when the import ran, rejected rows or not; 1 when
     the file cannot be read or imported at all, or the import failed.
+
+    With --list on a double opt-in list, the confirmation emails go through
+    NUDGEL_SMTP_URL; without it they are only logged (no dev inbox here).
     """
     columns = _parse_mapping(mapping)
     try:
@@ -74,7 +92,9 @@ def import_command(
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
         sys.exit(
-            asyncio.run(_import(url, settings, binary, path, workspace, columns, tags, source))
+            asyncio.run(
+                _import(url, settings, binary, path, workspace, columns, tags, list_name, source)
+            )
         )
 
 
@@ -98,6 +118,7 @@ async def _import(
     workspace: str,
     mapping: dict[str, str] | None,
     tags: tuple[str, ...],
+    list_name: str | None,
     source: str,
 ) -> int:
     pool = make_pool(url, settings)
@@ -120,13 +141,22 @@ async def _import(
                         mapping=mapping,
                         tags=list(tags),
                         source=source,
+                        list_name=list_name,
                     )
             except ImportRefused as error:
                 raise click.ClickException(error.detail) from None
+            lists = None
+            if list_name is not None:
+                # The signing key and the mailer hang off an app's state (the
+                # API's); an app object of our own gives them the same settings.
+                app = FastAPI()
+                app.state.settings = settings
+                key = await tokens.signing_key(app, conn)
+                lists = ListContext(settings, key, partial(subscribing.send_all, app))
         click.echo(f"import {job_id}: {total} rows", err=True)
         region = settings.default_phone_region
         blocked = normalise_blocked(settings.blocked_identifiers, region)
-        task = asyncio.create_task(run_import(pool, workspace_id, job_id, region, blocked))
+        task = asyncio.create_task(run_import(pool, workspace_id, job_id, region, blocked, lists))
         status, result, error_text = await _follow(pool, job_id, task)
         if status != "succeeded":
             click.echo(f"the import failed: {error_text}", err=True)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.keys import IssuedKey
+from nudgel.api.mailer import DevInbox, mailer_of
 from nudgel.api.routers import imports as imports_router
 from test_api_contacts import contacts_client, count, drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer, outbox_types
@@ -314,7 +315,7 @@ def test_unknown_columns_refuse_the_file_up_front(
 def test_a_file_that_cannot_be_imported_is_a_422(
     client: TestClient, key: IssuedKey, content: bytes, mapping: str | None, needle: str
 ) -> None:
-    form = {"mapping": mapping} if mapping is not None else {}
+    form: dict[str, Any] = {"mapping": mapping} if mapping is not None else {}
     problem = assert_problem(upload(client, key, content, **form), 422)
     assert needle in problem["detail"], problem
 
@@ -361,3 +362,47 @@ def test_an_import_is_private_to_its_workspace(
         client.get(f"/v1/imports/{done['id']}/rejected?starting_after=x", headers=bearer(key)),
         422,
     )
+
+
+# ---- lists -------------------------------------------------------------------------
+
+
+def test_an_import_subscribes_every_contact_to_its_list(client: TestClient, key: IssuedKey) -> None:
+    for name, double in [("news", False), ("promos", True)]:
+        response = client.post(
+            "/v1/lists",
+            json={"name": name, "title": name.title(), "double_opt_in": double},
+            headers=bearer(key),
+        )
+        assert response.status_code == 201, response.text
+    done = run(client, key, "email,name\nsub@example.com,Sub\n", list="news")
+    assert done["list"] == "news" and done["counts"]["created"] == 1
+    [contact] = contacts(client, key).values()
+    assert [(s["list"], s["status"]) for s in contact["subscriptions"]] == [("news", "subscribed")]
+
+    # Double opt-in: pending and a confirmation email once the batch committed;
+    # a row without an email cannot confirm, and is rejected whole.
+    mailer = mailer_of(client.app)
+    assert isinstance(mailer, DevInbox)  # no SMTP URL in these tests
+    inbox = mailer.messages
+    sent = len(inbox)
+    done = run(
+        client,
+        key,
+        "email,phone,name\nopt@example.com,,Opt\n,+254712345679,No Email\n",
+        list="promos",
+    )
+    assert done["counts"]["created"] == 1 and done["counts"]["rejected"] == 1
+    [row] = rejected(client, key, done["id"])
+    assert row["row"] == 3 and "needs an email address" in row["reason"]
+    found = contacts(client, key)
+    assert "+254712345679" not in found
+    assert [(s["list"], s["status"]) for s in found["opt@example.com"]["subscriptions"]] == [
+        ("promos", "pending")
+    ]
+    assert len(inbox) == sent + 1 and "opt@example.com" in str(inbox[0].message["To"])
+
+
+def test_an_unknown_list_refuses_the_import(client: TestClient, key: IssuedKey) -> None:
+    problem = assert_problem(upload(client, key, "email\na@example.com\n", list="nope"), 422)
+    assert "no list 'nope'" in problem["detail"]

@@ -74,5 +74,9 @@ def test_a_file_that_cannot_be_imported_exits_1(
     latin1.write_bytes("email,name\nzoe@example.com,Zo\xeb\n".encode("latin-1"))
     refused = nudgel(migrated_url, "import", str(latin1), "--workspace", name)
     assert refused.returncode == 1 and "not UTF-8" in refused.stderr
+    csv = tmp_path / "ok.csv"
+    csv.write_text("email\na@example.com\n", encoding="utf-8")
+    no_list = nudgel(migrated_url, "import", str(csv), "--workspace", name, "--list", "nope")
+    assert no_list.returncode == 1 and "no list 'nope'" in no_list.stderr
     nobody = nudgel(migrated_url, "import", str(unknown), "--workspace", "no-such-workspace")
     assert nobody.returncode == 1 and "no workspace" in nobody.stderr

@@ -16,6 +16,9 @@ CREATE TABLE imports (
     header       text[] NOT NULL,
     targets      text[] NOT NULL,
     tags         text[] NOT NULL DEFAULT '{}',
+    -- Every imported contact is subscribed to this list (as an upsert's
+    -- "subscriptions": {list: "subscribed"} does: double opt-in included).
+    list         text,
     source       text NOT NULL
 );
 

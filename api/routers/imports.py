@@ -9,16 +9,18 @@ background task after the commit, with progress on the job.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 from datetime import datetime
+from functools import partial
 from typing import IO, Annotated, Any, Literal
 
 from fastapi import File, Form, Path, Request, UploadFile
 from fastapi.responses import JSONResponse
-from nudgel.api import idempotency
+from nudgel.api import idempotency, subscribing, tokens
 from nudgel.api.auth import Auth
-from nudgel.api.contact_models import Source
+from nudgel.api.contact_models import ListName, Source
 from nudgel.api.db import pool_of
 from nudgel.api.identity import normalise_blocked
 from nudgel.api.imports import (
@@ -26,6 +28,7 @@ from nudgel.api.imports import (
     IGNORE,
     MAX_UPLOAD_BYTES,
     ImportRefused,
+    ListContext,
     prepare_import,
     rejected_rows,
     start_import,
@@ -70,8 +73,13 @@ class ImportOut(BaseModel):
     id: str = Field(description="The import's job id: `GET /v1/jobs/{id}` shows it too.")
     status: Literal["queued", "running", "succeeded", "failed"]
     filename: str | None
-    columns: list[ImportColumn]
-    tags: list[str] = Field(description="Added to every contact the import writes.")
+    # builtins.list: the `list` member below shadows the name in this class.
+    columns: builtins.list[ImportColumn]
+    tags: builtins.list[str] = Field(description="Added to every contact the import writes.")
+    list: str | None = Field(
+        description="Every contact the import writes is subscribed to it (double opt-in:"
+        " `pending` and a confirmation email)."
+    )
     source: str = Field(description="The origin recorded for the values the import sets.")
     total: int = Field(description="Data rows staged.")
     done: int = Field(description="Rows processed so far.")
@@ -98,7 +106,7 @@ async def _view(conn: AsyncConnection, workspace_id: int, job_id: str) -> Import
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT j.id, j.status, j.total, j.done, j.result, j.error, j.created_at, j.finished_at,"
-        " i.filename, i.header, i.targets, i.tags, i.source"
+        " i.filename, i.header, i.targets, i.tags, i.source, i.list"
         " FROM imports i JOIN jobs j ON j.id = i.job_id"
         " WHERE i.workspace_id = %s AND i.job_id = %s",
         (workspace_id, job_id),
@@ -117,6 +125,7 @@ async def _view(conn: AsyncConnection, workspace_id: int, job_id: str) -> Import
         filename=row["filename"],
         columns=columns,
         tags=row["tags"],
+        list=row["list"],
         source=row["source"],
         total=row["total"],
         done=row["done"],
@@ -187,7 +196,8 @@ def _with_location(response: JSONResponse, job_id: str) -> JSONResponse:
         " that maps to nothing refuses the file (422, listing every such column). Rows merge"
         " as `POST /v1/contacts` upserts do (same validation, merges, outbox events and rule"
         " evaluation); empty cells are missing values; `tags` and `push_tokens` cells hold"
-        " several values separated by `;`. The file is staged before the answer (202, with"
+        " several values separated by `;`. `tags` are added to every contact; `list`"
+        " subscribes every contact (as `subscriptions` on `POST /v1/contacts`). The file is staged before the answer (202, with"
         " `Location`); the rows are applied in the background: follow `GET /v1/imports/{id}`."
         " A bad row is rejected with its row number (the header is row 1) and reason"
         " (`GET /v1/imports/{id}/rejected`), the rest goes on; a row is applied whole or not"
@@ -227,6 +237,15 @@ async def create_import(
     source: Annotated[
         Source, Form(description="Recorded as the origin of the values the import sets.")
     ] = DEFAULT_SOURCE,
+    list_name: Annotated[
+        ListName | None,
+        Form(
+            alias="list",
+            description="Subscribe every contact to this list, as `subscriptions:"
+            ' {"NAME": "subscribed"}` on `POST /v1/contacts` does: on a double opt-in list,'
+            " `pending` and a confirmation email (a row without email is rejected).",
+        ),
+    ] = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> object:
     settings = settings_of(request)
@@ -243,11 +262,19 @@ async def create_import(
     binary = file.file
     region = settings.default_phone_region
     blocked = normalise_blocked(settings.blocked_identifiers, region)
+    lists = None
+    if list_name is not None:
+        # Outside the transaction: a signing key generated now is stored whatever happens.
+        key = await tokens.signing_key(request.app, conn)
+        lists = ListContext(settings, key, partial(subscribing.send_all, request.app))
     async with conn.transaction():
         tx = Transaction(conn, auth.workspace_id, _key=idempotency_key)
         if idempotency_key is not None:
             request_fingerprint = await asyncio.to_thread(
-                _fingerprint, request, binary, [mapping, tag_list, source, file.filename]
+                _fingerprint,
+                request,
+                binary,
+                [mapping, tag_list, source, list_name, file.filename],
             )
             stored = await idempotency.claim(
                 conn, auth.workspace_id, idempotency_key, request_fingerprint
@@ -263,6 +290,7 @@ async def create_import(
                 mapping=columns,
                 tags=tag_list,
                 source=source,
+                list_name=list_name,
             )
         except ImportRefused as error:
             raise ProblemError(
@@ -276,7 +304,7 @@ async def create_import(
                 ],
             ) from None
         response = await tx.respond(202, await _view(conn, auth.workspace_id, job_id))
-    start_import(pool_of(request), auth.workspace_id, job_id, region, blocked)
+    start_import(pool_of(request), auth.workspace_id, job_id, region, blocked, lists)
     return _with_location(response, job_id)
 
 
