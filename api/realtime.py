@@ -255,6 +255,11 @@ class StateWriter:
     writes only the differences, their history and their outbox events, in
     a few statements for the whole set (a backfill batch or one contact).
 
+    ``silent`` nodes (the first fill of a new segment, score or lifecycle)
+    record their state, not a change: no outbox event and no history entry
+    (a membership's ``since`` says when; a score's first value is the
+    ``old_value`` of its first change).
+
     ``load`` the stored state of the contacts first, call ``contact`` for
     each, then ``flush``.
     """
@@ -317,10 +322,19 @@ class StateWriter:
             else:
                 self.leaves.append((ws, name, pk))
                 outcome.exited.append(name)
-            self.history.append(
-                (ws, pk, "segment", name, str(not member).lower(), str(member).lower(), at, reason)
-            )
             if ("segment", name) not in silent:
+                self.history.append(
+                    (
+                        ws,
+                        pk,
+                        "segment",
+                        name,
+                        str(not member).lower(),
+                        str(member).lower(),
+                        at,
+                        reason,
+                    )
+                )
                 event_type = "segment.entered" if member else "segment.exited"
                 self.events.append((event_type, {"segment": name, **base}, pk))
         for name, value in scores.items():
@@ -333,15 +347,15 @@ class StateWriter:
                 continue  # the first stored value, equal to the implicit 0
             outcome.scores[name] = (previous, value)
             old_text, new_text = canonical_decimal(previous), canonical_decimal(value)
-            self.history.append((ws, pk, "score", name, old_text, new_text, at, reason))
             if ("score", name) not in silent:
+                self.history.append((ws, pk, "score", name, old_text, new_text, at, reason))
                 data = {"score": name, "old": old_text, "new": new_text, **base}
                 self.events.append(("score.changed", data, pk))
         if stage is not None and stage[0] != stage[1]:
             self.stage_rows.append((stage[1], pk))
             outcome.stage = stage
-            self.history.append((ws, pk, "stage", "", stage[0], stage[1], at, reason))
             if ("lifecycle", "") not in silent:
+                self.history.append((ws, pk, "stage", "", stage[0], stage[1], at, reason))
                 change: dict[str, Any] = {"old": stage[0], "new": stage[1], **base}
                 self.events.append(("stage.changed", change, pk))
         self.next_rows.append((micros_to_datetime(next_at) if next_at is not None else None, pk))
