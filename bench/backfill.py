@@ -1,11 +1,12 @@
 """Backfill of a deployed rule set (20 segments, 2 score models, a lifecycle)
 against the bare SQL of the same rules, on the same data, in the same run.
 
-    python bench/backfill.py [--scale 1.0] [--events 20] [--keep]
+    python bench/backfill.py [--scale 1.0] [--events 20] [--keep | --reuse DBNAME]
 
 --scale 1.0 is 1,000,000 contacts and about 20,000,000 events, loaded with
 COPY into a fresh database created from DATABASE_URL (default: the embedded
-PostgreSQL) and dropped at the end (--keep leaves it). It times:
+PostgreSQL) and dropped at the end (--keep leaves it; --reuse DBNAME measures
+again on a kept one, its rule state reset first). It times:
 
 - bare SQL: the compiled `everything` query of the rules, all rows fetched;
 - backfill: `PUT /v1/rules`'s path (deploy + the backfill job: the same
@@ -84,8 +85,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--reuse", metavar="DBNAME", help="a database kept by --keep")
     args = parser.parse_args()
     server_url = database_url_from_env()
+    if args.reuse:
+        url = psycopg.conninfo.make_conninfo(server_url, dbname=args.reuse)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("TRUNCATE rule_sets, segment_members, contact_scores, rule_history, jobs")
+            conn.execute("UPDATE contacts SET stage = NULL, next_evaluation_at = NULL")
+            conn.execute("VACUUM ANALYZE contacts")
+            row = conn.execute("SELECT id FROM workspaces WHERE name = 'bench'").fetchone()
+        assert row is not None
+        asyncio.run(measure(url, int(row[0])))
+        return
     name = f"nudgel_bench_{secrets.token_hex(4)}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
