@@ -406,3 +406,19 @@ def test_an_import_subscribes_every_contact_to_its_list(client: TestClient, key:
 def test_an_unknown_list_refuses_the_import(client: TestClient, key: IssuedKey) -> None:
     problem = assert_problem(upload(client, key, "email\na@example.com\n", list="nope"), 422)
     assert "no list 'nope'" in problem["detail"]
+
+
+def test_a_nul_in_the_file_name_or_a_cell_is_no_server_error(
+    client: TestClient, key: IssuedKey
+) -> None:
+    response = client.post(
+        "/v1/imports",
+        files={"file": ("a\x00.csv", b"email,name\nnul@example.com,A\x00B\n", "text/csv")},
+        headers=bearer(key),
+    )
+    assert response.status_code == 202, response.text
+    assert "\x00" not in response.json()["filename"]
+    done = wait(client, key, response.json()["id"])
+    assert done["counts"]["rejected"] == 1
+    [row] = rejected(client, key, done["id"])
+    assert row["row"] == 2 and "NUL" in row["reason"]

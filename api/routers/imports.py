@@ -259,6 +259,8 @@ async def create_import(
         )
     columns = _mapping(mapping)
     tag_list = list(tags or [])
+    # Shown back as given, but PostgreSQL text cannot hold NUL.
+    filename = (file.filename or "").replace("\x00", "")[:255] or None
     binary = file.file
     region = settings.default_phone_region
     blocked = normalise_blocked(settings.blocked_identifiers, region)
@@ -274,7 +276,7 @@ async def create_import(
                 _fingerprint,
                 request,
                 binary,
-                [mapping, tag_list, source, list_name, file.filename],
+                [mapping, tag_list, source, list_name, filename],
             )
             stored = await idempotency.claim(
                 conn, auth.workspace_id, idempotency_key, request_fingerprint
@@ -286,7 +288,7 @@ async def create_import(
                 conn,
                 auth.workspace_id,
                 binary,
-                filename=file.filename,
+                filename=filename,
                 mapping=columns,
                 tags=tag_list,
                 source=source,
