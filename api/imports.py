@@ -562,12 +562,6 @@ async def _run(
     lists: ListContext | None,
 ) -> Counts:
     async with pool.connection() as conn:
-        if not conn.autocommit:
-            # The pool promises autocommit connections (nudgel.api.db), but a
-            # borrower that switched it off and returned the connection would
-            # turn every batch below into a savepoint of a transaction that
-            # never commits: the import would vanish.
-            await conn.set_autocommit(True)
         plan = await _load_plan(conn, job_id)
         if plan.list is not None and lists is None:
             raise RuntimeError("the import subscribes to a list: run_import needs lists=")
