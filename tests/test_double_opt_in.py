@@ -435,3 +435,25 @@ def test_a_confirm_link_survives_a_merge(
     assert merged.status_code == 200 and merged.json()["id"] == older.json()["id"]
     assert client.get(confirm).status_code == 200
     assert status(client, key, older.json()["id"]) == "subscribed"
+
+
+def test_a_resent_email_and_the_older_link(
+    client: TestClient, key: IssuedKey, mailbox: Mailbox, migrated_url: str
+) -> None:
+    contact_id = sign_up(client, key)
+    # Asking again while pending sends a new email (no new status, no event).
+    before = outbox_types(migrated_url, key.workspace_id)
+    again = client.post(
+        f"/v1/contacts/{contact_id}/subscriptions",
+        json={"list": "newsletter"},
+        headers=bearer(key),
+    )
+    assert again.status_code == 200 and len(mailbox.messages) == 2
+    assert outbox_types(migrated_url, key.workspace_id) == before
+    first, second = (link(m, "confirm") for m in mailbox.messages)
+    assert first != second
+    assert client.get(second).status_code == 200
+    page = client.get(first)
+    assert page.status_code == 409 and "already confirmed" in page.text
+    assert status(client, key, contact_id) == "subscribed"
+    assert outbox_types(migrated_url, key.workspace_id).count("list.subscribed") == 1

@@ -10,6 +10,7 @@ member and the template's line.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -145,8 +146,26 @@ class DeletedList(BaseModel):
 NameParam = Annotated[str, Path(description="The list's name.")]
 
 
-def _check_templates(values: dict[str, Any]) -> None:
-    """422 with every template that cannot be saved, its member and line."""
+async def _check_templates(values: dict[str, Any]) -> None:
+    """422 with every template that cannot be saved, its member and line.
+
+    The check compiles and trial-renders user-written code: in a worker
+    thread, so a slow template never stalls the event loop. (A template
+    that loops for very long still occupies its thread; saving lists is for
+    the workspace's own users.)
+    """
+    errors = await asyncio.to_thread(_template_errors, values)
+    if errors:
+        raise ProblemError(
+            422,
+            "Invalid template",
+            "; ".join(f"{e.pointer[1:]}: {e.detail}" for e in errors),
+            type_=problem_type("validation"),
+            errors=errors,
+        )
+
+
+def _template_errors(values: dict[str, Any]) -> list[FieldError]:
     errors = []
     for member, html, names in _TEMPLATES:
         problem = templates.check(values[member], html=html, names=names)
@@ -169,14 +188,7 @@ def _check_templates(values: dict[str, Any]) -> None:
                 code="template",
             )
         )
-    if errors:
-        raise ProblemError(
-            422,
-            "Invalid template",
-            "; ".join(f"{e.pointer[1:]}: {e.detail}" for e in errors),
-            type_=problem_type("validation"),
-            errors=errors,
-        )
+    return errors
 
 
 def _not_found(name: str) -> ProblemError:
@@ -194,7 +206,7 @@ def _not_found(name: str) -> ProblemError:
 )
 async def create_list(body: ListCreate, writer: PostWriter) -> object:
     values = body.model_dump()
-    _check_templates(values)
+    await _check_templates(values)
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
@@ -271,7 +283,7 @@ async def update_list(name: NameParam, body: ListUpdate, writer: Writer) -> obje
         changed = {k: v for k, v in given.items() if getattr(before, k) != v}
         if not changed:
             return await tx.respond(200, before)
-        _check_templates({**before.model_dump(), **changed})
+        await _check_templates({**before.model_dump(), **changed})
         assignments = ", ".join(f"{column} = %({column})s" for column in changed)
         await cur.execute(
             f"UPDATE lists SET {assignments}, updated_at = now()"

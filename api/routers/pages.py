@@ -6,8 +6,9 @@ left out of the OpenAPI document, which describes the API.
 
 - ``GET /confirm/{token}``: a pending subscription becomes ``subscribed``
   (source ``email``) and the list's landing page is shown. A forged token
-  (400), an expired one (410), a used one (409) or one whose subscription is
-  no longer pending (410) shows a page saying so and changes nothing.
+  (400), an expired one (410), a used one or one for a subscription already
+  confirmed (409), or one whose subscription is no longer pending (410)
+  shows a page saying so and changes nothing.
 - ``GET`` or ``POST /unsubscribe/{token}``: the status becomes
   ``unsubscribed`` (POST is the RFC 8058 one-click of ``List-Unsubscribe-Post``).
   These tokens do not expire; unsubscribing twice is harmless.
@@ -71,6 +72,7 @@ EXPIRED = (
     "Confirmation links are valid for a limited time. Subscribe again to get a new one.",
 )
 USED = (409, "This link was already used", "Your subscription was already confirmed.")
+ALREADY = (409, "Already confirmed", "Your subscription is already confirmed.")
 GONE = (
     410,
     "This link no longer applies",
@@ -121,6 +123,8 @@ async def confirm(token: TokenParam, request: Request, conn: Conn) -> HTMLRespon
         contact_id, current, used_at = locked
         if used_at is not None:  # a concurrent click won
             return notice(*USED)
+        if current == "subscribed":  # by another link of the same request, or the API
+            return notice(*ALREADY)
         if current != "pending":
             return notice(*GONE)
         await conn.execute(
