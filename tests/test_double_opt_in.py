@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -455,5 +456,17 @@ def test_a_resent_email_and_the_older_link(
     assert client.get(second).status_code == 200
     page = client.get(first)
     assert page.status_code == 409 and "already confirmed" in page.text
+    assert status(client, key, contact_id) == "subscribed"
+    assert outbox_types(migrated_url, key.workspace_id).count("list.subscribed") == 1
+
+
+def test_simultaneous_clicks_confirm_once(
+    client: TestClient, key: IssuedKey, mailbox: Mailbox, migrated_url: str
+) -> None:
+    contact_id = sign_up(client, key)
+    confirm = link(the_email(mailbox), "confirm")
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(lambda _: client.get(confirm).status_code, range(8)))
+    assert codes == [200] + [409] * 7
     assert status(client, key, contact_id) == "subscribed"
     assert outbox_types(migrated_url, key.workspace_id).count("list.subscribed") == 1
