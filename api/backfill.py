@@ -125,46 +125,45 @@ async def _backfill(
     # Both connections stay in the pool's autocommit mode (a connection handed
     # back in another mode would turn later statements into one open
     # transaction); the reader's snapshot is an explicit transaction.
-    async with pool.connection() as reader, pool.connection() as writer:
-        async with reader.transaction():
-            await reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            now = await realtime.evaluation_now(reader, workspace_id)
-            cur = await reader.execute("SELECT now() - interval '1 second'")
-            started_row = await cur.fetchone()
-            assert started_row is not None
-            snapshot_margin = started_row[0]
-            cur = await reader.execute(
-                "SELECT count(*) FROM contacts WHERE workspace_id = %s", (workspace_id,)
-            )
-            total_row = await cur.fetchone()
-            assert total_row is not None
-            await writer.execute(
-                "UPDATE jobs SET status = 'running', total = %s WHERE id = %s",
-                (total_row[0], job_id),
-            )
-            sql = (
-                f"SELECT c.pk, q.* FROM ({query.sql}) q"
-                " JOIN contacts c ON c.workspace_id = %(workspace_id)s AND c.id = q.id"
-            )
-            params = query.bind(now=now, workspace_id=workspace_id)
-            async with reader.cursor(name=f"backfill_{job_id}") as stream:
-                await stream.execute(sql, params)
-                while rows := await stream.fetchmany(BATCH_SIZE):
-                    await _write_batch(
-                        writer,
-                        workspace_id,
-                        deployed,
-                        query.columns,
-                        rows,
-                        now,
-                        silent,
-                        counts,
-                        snapshot_margin,
-                    )
-                    counts["contacts"] += len(rows)
-                    await writer.execute(
-                        "UPDATE jobs SET done = %s WHERE id = %s", (counts["contacts"], job_id)
-                    )
+    async with pool.connection() as reader, pool.connection() as writer, reader.transaction():
+        await reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        now = await realtime.evaluation_now(reader, workspace_id)
+        cur = await reader.execute("SELECT now() - interval '1 second'")
+        started_row = await cur.fetchone()
+        assert started_row is not None
+        snapshot_margin = started_row[0]
+        cur = await reader.execute(
+            "SELECT count(*) FROM contacts WHERE workspace_id = %s", (workspace_id,)
+        )
+        total_row = await cur.fetchone()
+        assert total_row is not None
+        await writer.execute(
+            "UPDATE jobs SET status = 'running', total = %s WHERE id = %s",
+            (total_row[0], job_id),
+        )
+        sql = (
+            f"SELECT c.pk, q.* FROM ({query.sql}) q"
+            " JOIN contacts c ON c.workspace_id = %(workspace_id)s AND c.id = q.id"
+        )
+        params = query.bind(now=now, workspace_id=workspace_id)
+        async with reader.cursor(name=f"backfill_{job_id}") as stream:
+            await stream.execute(sql, params)
+            while rows := await stream.fetchmany(BATCH_SIZE):
+                await _write_batch(
+                    writer,
+                    workspace_id,
+                    deployed,
+                    query.columns,
+                    rows,
+                    now,
+                    silent,
+                    counts,
+                    snapshot_margin,
+                )
+                counts["contacts"] += len(rows)
+                await writer.execute(
+                    "UPDATE jobs SET done = %s WHERE id = %s", (counts["contacts"], job_id)
+                )
     return counts
 
 
