@@ -272,7 +272,6 @@ class StateWriter:
         self.joins: list[tuple[Any, ...]] = []
         self.leaves: list[tuple[Any, ...]] = []
         self.score_rows: list[tuple[Any, ...]] = []
-        self.stage_rows: list[tuple[Any, ...]] = []
         self.history: list[tuple[Any, ...]] = []
         self.events: list[tuple[str, dict[str, Any], int | None]] = []
         self.next_rows: list[tuple[Any, ...]] = []
@@ -351,14 +350,22 @@ class StateWriter:
                 self.history.append((ws, pk, "score", name, old_text, new_text, at, reason))
                 data = {"score": name, "old": old_text, "new": new_text, **base}
                 self.events.append(("score.changed", data, pk))
-        if stage is not None and stage[0] != stage[1]:
-            self.stage_rows.append((stage[1], pk))
+        stage_changed = stage is not None and stage[0] != stage[1]
+        if stage is not None and stage_changed:
             outcome.stage = stage
             if ("lifecycle", "") not in silent:
                 self.history.append((ws, pk, "stage", "", stage[0], stage[1], at, reason))
                 change: dict[str, Any] = {"old": stage[0], "new": stage[1], **base}
                 self.events.append(("stage.changed", change, pk))
-        self.next_rows.append((micros_to_datetime(next_at) if next_at is not None else None, pk))
+        # One update of the contact row for its stage and its next evaluation.
+        self.next_rows.append(
+            (
+                micros_to_datetime(next_at) if next_at is not None else None,
+                stage_changed,
+                stage[1] if stage is not None else None,
+                pk,
+            )
+        )
         return outcome
 
     async def flush(self) -> None:
@@ -385,11 +392,6 @@ class StateWriter:
                 self.score_rows,
             ),
             (
-                "UPDATE contacts c SET stage = v.stage"
-                " FROM unnest(%s::text[], %s::bigint[]) AS v(stage, pk) WHERE c.pk = v.pk",
-                self.stage_rows,
-            ),
-            (
                 "INSERT INTO rule_history"
                 " (workspace_id, contact_pk, kind, name, old_value, new_value, at, reason)"
                 " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[],"
@@ -397,8 +399,10 @@ class StateWriter:
                 self.history,
             ),
             (
-                "UPDATE contacts c SET next_evaluation_at = v.next, evaluated_at = clock_timestamp()"
-                " FROM unnest(%s::timestamptz[], %s::bigint[]) AS v(next, pk) WHERE c.pk = v.pk",
+                "UPDATE contacts c SET next_evaluation_at = v.next, evaluated_at = clock_timestamp(),"
+                " stage = CASE WHEN v.set_stage THEN v.stage ELSE c.stage END"
+                " FROM unnest(%s::timestamptz[], %s::bool[], %s::text[], %s::bigint[])"
+                " AS v(next, set_stage, stage, pk) WHERE c.pk = v.pk",
                 self.next_rows,
             ),
         ]
