@@ -91,7 +91,9 @@ def main() -> None:
     if args.reuse:
         url = psycopg.conninfo.make_conninfo(server_url, dbname=args.reuse)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("TRUNCATE rule_sets, segment_members, contact_scores, rule_history, jobs")
+            conn.execute(
+                "TRUNCATE rule_sets, segment_members, contact_scores, rule_history, jobs CASCADE"
+            )
             conn.execute("UPDATE contacts SET stage = NULL, next_evaluation_at = NULL")
             conn.execute("VACUUM ANALYZE contacts")
             row = conn.execute("SELECT id FROM workspaces WHERE name = 'bench'").fetchone()
