@@ -21,6 +21,7 @@ drift that remains.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ __all__ = ["BATCH_SIZE", "create_job", "run_backfill"]
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
+WRITERS = 2
 
 
 async def create_job(conn: AsyncConnection, workspace_id: int, kind: str) -> str:
@@ -122,10 +124,10 @@ async def _backfill(
 ) -> dict[str, Any]:
     query = SqlCompiler(deployed.rules).everything()
     counts = {"contacts": 0, "entered": 0, "exited": 0, "scores_changed": 0, "stages_changed": 0}
-    # Both connections stay in the pool's autocommit mode (a connection handed
+    # Every connection stays in the pool's autocommit mode (a connection handed
     # back in another mode would turn later statements into one open
     # transaction); the reader's snapshot is an explicit transaction.
-    async with pool.connection() as reader, pool.connection() as writer, reader.transaction():
+    async with pool.connection() as reader, reader.transaction():
         await reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         now = await realtime.evaluation_now(reader, workspace_id)
         cur = await reader.execute("SELECT now() - interval '1 second'")
@@ -137,10 +139,11 @@ async def _backfill(
         )
         total_row = await cur.fetchone()
         assert total_row is not None
-        await writer.execute(
-            "UPDATE jobs SET status = 'running', total = %s WHERE id = %s",
-            (total_row[0], job_id),
-        )
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', total = %s WHERE id = %s",
+                (total_row[0], job_id),
+            )
         sql = (
             f"SELECT c.pk, q.* FROM ({query.sql}) q"
             " JOIN contacts c ON c.workspace_id = %(workspace_id)s AND c.id = q.id"
@@ -148,22 +151,46 @@ async def _backfill(
         params = query.bind(now=now, workspace_id=workspace_id)
         async with reader.cursor(name=f"backfill_{job_id}") as stream:
             await stream.execute(sql, params)
-            while rows := await stream.fetchmany(BATCH_SIZE):
-                await _write_batch(
-                    writer,
-                    workspace_id,
-                    deployed,
-                    query.columns,
-                    rows,
-                    now,
-                    silent,
-                    counts,
-                    snapshot_margin,
-                )
-                counts["contacts"] += len(rows)
-                await writer.execute(
-                    "UPDATE jobs SET done = %s WHERE id = %s", (counts["contacts"], job_id)
-                )
+            # Two batches are written at once on their own connections (their
+            # contacts are disjoint): one computes in Python while the other
+            # waits on the database.
+            slots = asyncio.Semaphore(WRITERS)
+            pending: set[asyncio.Task[None]] = set()
+
+            async def write(rows: list[Any]) -> None:
+                try:
+                    async with pool.connection() as conn:
+                        await _write_batch(
+                            conn,
+                            workspace_id,
+                            deployed,
+                            query.columns,
+                            rows,
+                            now,
+                            silent,
+                            counts,
+                            snapshot_margin,
+                        )
+                        counts["contacts"] += len(rows)
+                        await conn.execute(
+                            # Batches finish in any order: done only grows.
+                            "UPDATE jobs SET done = greatest(done, %s) WHERE id = %s",
+                            (counts["contacts"], job_id),
+                        )
+                finally:
+                    slots.release()
+
+            try:
+                while rows := await stream.fetchmany(BATCH_SIZE):
+                    await slots.acquire()
+                    for task in [t for t in pending if t.done()]:
+                        pending.discard(task)
+                        task.result()  # a failed batch fails the job now
+                    pending.add(asyncio.create_task(write(list(rows))))
+                await asyncio.gather(*pending)
+            finally:
+                for task in pending:
+                    task.cancel()
     return counts
 
 

@@ -508,3 +508,20 @@ def test_segment_and_score_webhooks_are_delivered_signed_and_in_order(
         ("segment.exited", "buyers"),
         ("score.changed", "engagement 50->-5"),
     ]
+
+
+def test_backfill_in_many_small_batches_written_side_by_side(
+    client: TestClient, key: IssuedKey, migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nudgel.api import backfill
+
+    monkeypatch.setattr(backfill, "BATCH_SIZE", 2)
+    ids = [
+        upsert(client, key, {"email": f"s{i}@example.com", "tags": ["vip"] if i % 3 else []})["id"]
+        for i in range(9)
+    ]
+    body = deploy(client, key, RULES)
+    job = client.get(f"/v1/jobs/{body['job']['id']}", headers=bearer(key)).json()
+    assert (job["total"], job["done"], job["result"]["contacts"]) == (9, 9, 9)
+    assert sorted(segment_ids(client, key, "vip")) == sorted(i for n, i in enumerate(ids) if n % 3)
+    assert drift(migrated_url, key.workspace_id) == []
