@@ -149,7 +149,7 @@ def main() -> None:
     if args.quick:
         args.requests, args.rounds = 600, 1
     server_url = os.environ.get("DATABASE_URL") or DEFAULT_URL
-    with throwaway_database(server_url) as url, served(url, args.clients) as base:
+    with throwaway_database(server_url) as url, served(url, args.clients) as (base, pid):
         plain = setup_workspace(url, "plain")
         ruled = setup_workspace(url, "ruled")
         deployed = httpx.put(
@@ -163,7 +163,9 @@ def main() -> None:
         for round_number in range(args.rounds):
             for label, (_, secret) in (("no rules", plain), ("rules", ruled)):
                 load = bodies(args.requests, f"r{round_number}.bench.example", 7 + round_number)
-                wall, latencies, statuses = asyncio.run(run_api(base, secret, load, args.clients))
+                wall, latencies, statuses, *_ = asyncio.run(
+                    run_api(base, pid, secret, load, args.clients)
+                )
                 bad = {s: n for s, n in statuses.items() if s not in (200, 201)}
                 assert not bad, f"{label}: unexpected statuses {bad}"
                 results[label].append((wall, latencies))
