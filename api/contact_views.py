@@ -10,7 +10,6 @@ detail view only, so lists stay as cheap as before."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -30,6 +29,7 @@ PROFILE_COLUMNS = (
     "pk, id, email, phone, whatsapp_id, external_id, name, push_tokens, fields,"
     " created_at, updated_at"
 )
+_PREFIXED_COLUMNS = ", ".join(f"c.{name.strip()}" for name in PROFILE_COLUMNS.split(","))
 RECENT_EVENTS = 20
 
 
@@ -60,37 +60,26 @@ async def lock_contact(conn: AsyncConnection, workspace_id: int, contact_id: str
 async def contact_views(
     conn: AsyncConnection, workspace_id: int, pks: Sequence[int]
 ) -> list[ContactOut]:
-    """The contacts ``pks`` (of this workspace), in the order given."""
+    """The contacts ``pks`` (of this workspace), in the order given.
+
+    One query: tags and subscriptions come as JSON arrays beside each row (a
+    view is built for every upsert's response and outbox event).
+    """
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        f"SELECT {PROFILE_COLUMNS} FROM contacts WHERE workspace_id = %s AND pk = ANY(%s)",
+        f"SELECT {_PREFIXED_COLUMNS},"
+        " (SELECT coalesce(json_agg(json_build_object('name', ct.tag, 'color', t.color)"
+        "   ORDER BY ct.tag), '[]') FROM contact_tags ct"
+        "   LEFT JOIN tags t ON t.workspace_id = c.workspace_id AND t.name = ct.tag"
+        "   WHERE ct.contact_pk = c.pk) AS tags,"
+        " (SELECT coalesce(json_agg(json_build_object('list', s.list, 'status', s.status,"
+        "   'updated_at', s.updated_at) ORDER BY s.list), '[]') FROM subscriptions s"
+        "   WHERE s.contact_pk = c.pk) AS subscriptions"
+        " FROM contacts c WHERE c.workspace_id = %s AND c.pk = ANY(%s)",
         (workspace_id, list(pks)),
     )
     rows = {r["pk"]: r for r in await cur.fetchall()}
-    tags: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    await cur.execute(
-        "SELECT ct.contact_pk, ct.tag AS name, t.color FROM contact_tags ct"
-        " LEFT JOIN tags t ON t.workspace_id = %s AND t.name = ct.tag"
-        " WHERE ct.contact_pk = ANY(%s) ORDER BY ct.contact_pk, ct.tag",
-        (workspace_id, list(rows)),
-    )
-    for r in await cur.fetchall():
-        tags[r.pop("contact_pk")].append(r)
-    subscriptions: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    await cur.execute(
-        "SELECT contact_pk, list, status, updated_at FROM subscriptions"
-        " WHERE contact_pk = ANY(%s) ORDER BY contact_pk, list",
-        (list(rows),),
-    )
-    for r in await cur.fetchall():
-        subscriptions[r.pop("contact_pk")].append(r)
-    return [
-        ContactOut.model_validate(
-            {**rows[pk], "tags": tags[pk], "subscriptions": subscriptions[pk]}
-        )
-        for pk in pks
-        if pk in rows
-    ]
+    return [ContactOut.model_validate(rows[pk]) for pk in pks if pk in rows]
 
 
 async def detail_view(conn: AsyncConnection, workspace_id: int, pk: int) -> ContactDetail | None:
