@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from nudgel.api.pagination import ListResponse
-from nudgel.api.routers.tags import TagName
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
@@ -25,12 +24,16 @@ __all__ = [
     "RequestedStatus",
     "Source",
     "Subscription",
+    "TagName",
     "TagsAdd",
 ]
 
 Identifier = Annotated[str, StringConstraints(max_length=320)]
 # Printable text without surrounding white space (as tag and event names).
 PRINTABLE_TEXT = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+# Any text without control characters or surrounding white space ("premium",
+# "KE", "VIP customer"), as `tag "..."` in rules can name it.
+TagName = Annotated[str, StringConstraints(pattern=PRINTABLE_TEXT, min_length=1, max_length=100)]
 Source = Annotated[str, StringConstraints(pattern=PRINTABLE_TEXT, min_length=1, max_length=100)]
 # What a write that names no source records as the origin of the values it sets.
 DEFAULT_SOURCE = "api"

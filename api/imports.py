@@ -76,7 +76,6 @@ __all__ = [
     "BATCH_SIZE",
     "DEFAULT_SOURCE",
     "IGNORE",
-    "MAX_UPLOAD_BYTES",
     "Counts",
     "ImportRefused",
     "ListContext",
@@ -98,7 +97,6 @@ LIST_SEPARATOR = ";"
 BATCH_SIZE = 250
 # Rows parsed per trip to the worker thread while staging.
 STAGE_CHUNK = 5000
-MAX_UPLOAD_BYTES = 100 * 2**20
 MAX_COLUMNS = 200
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _TRUE = frozenset({"true", "yes", "y", "t", "1"})

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     )
 
     idempotency_retention_hours: int = Field(default=24, ge=1)
+    import_max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="The largest CSV `POST /v1/imports` takes."
+    )
 
     # Lists and double opt-in (nudgel.api.mailer, nudgel.api.tokens).
     smtp_url: str | None = Field(

@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.keys import IssuedKey
 from nudgel.api.mailer import DevInbox, mailer_of
-from nudgel.api.routers import imports as imports_router
 from test_api_contacts import contacts_client, count, drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer, outbox_types
 
@@ -324,7 +323,8 @@ def test_a_bad_mapping_is_a_422(client: TestClient, key: IssuedKey, mapping: str
 def test_a_file_over_the_limit_is_a_413(
     client: TestClient, key: IssuedKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(imports_router, "MAX_UPLOAD_BYTES", 20)
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    monkeypatch.setattr(settings, "import_max_bytes", 20)
     problem = assert_problem(upload(client, key, "email\n" + "a@example.com\n" * 5), 413)
     assert "at most 20" in problem["detail"]
 

@@ -41,6 +41,8 @@ TABLES = {
     "contact_scores",
     "rule_history",
     "jobs",
+    "imports",
+    "import_rows",
     "lists",
     "list_confirmations",
     "service_secrets",

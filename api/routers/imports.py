@@ -20,13 +20,12 @@ from fastapi import File, Form, Path, Request, UploadFile
 from fastapi.responses import JSONResponse
 from nudgel.api import idempotency, subscribing, tokens
 from nudgel.api.auth import Auth
-from nudgel.api.contact_models import ListName, Source
+from nudgel.api.contact_models import ListName, Source, TagName
 from nudgel.api.db import pool_of
 from nudgel.api.identity import normalise_blocked
 from nudgel.api.imports import (
     DEFAULT_SOURCE,
     IGNORE,
-    MAX_UPLOAD_BYTES,
     ImportRefused,
     ListContext,
     prepare_import,
@@ -37,7 +36,6 @@ from nudgel.api.mutation import IdempotencyKeyHeader, Transaction, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import FieldError, ProblemError, problem_responses, problem_type
 from nudgel.api.routers.common import Conn, resource_router, settings_of
-from nudgel.api.routers.tags import TagName
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
@@ -249,7 +247,7 @@ async def create_import(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> object:
     settings = settings_of(request)
-    limit: int = getattr(settings, "import_max_bytes", MAX_UPLOAD_BYTES)
+    limit = settings.import_max_bytes
     if file.size is not None and file.size > limit:
         raise ProblemError(
             413,

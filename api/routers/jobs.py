@@ -20,7 +20,10 @@ router, OPENAPI_TAG = resource_router(
 class Job(BaseModel):
     object: Literal["job"] = "job"
     id: str
-    kind: str = Field(description="`backfill`: a deployed rule set evaluated for every contact.")
+    kind: str = Field(
+        description="`backfill`: a deployed rule set evaluated for every contact;"
+        " `import`: a CSV import (`/v1/imports`)."
+    )
     status: Literal["queued", "running", "succeeded", "failed"]
     total: int = Field(description="How many items the job has to process (0 until known).")
     done: int = Field(description="How many it has processed.")

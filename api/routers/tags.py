@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import Path, status
 from nudgel.api.auth import Auth
+from nudgel.api.contact_models import TagName
 from nudgel.api.mutation import PostWriter, Writer, replayable
 from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
@@ -22,16 +23,6 @@ router, OPENAPI_TAG = resource_router(
     "/tags", "Tags", "Tag definitions: the colour a tag is shown with."
 )
 
-# Any text without control characters or surrounding white space ("premium",
-# "KE", "VIP customer"), as `tag "..."` in rules can name it.
-TagName = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$",
-        min_length=1,
-        max_length=100,
-    ),
-]
 Color = Annotated[
     str,
     StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$"),
