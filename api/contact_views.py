@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from nudgel.api import outbox
 from nudgel.api.contact_models import ContactDetail, ContactOut, Origin, RecentEvent, ScoreView
 from nudgel.api.contacts_store import UpsertResult
 from nudgel.api.identity import KINDS
@@ -177,6 +178,23 @@ def _present_origins(view: ContactOut, stored: dict[str, Any]) -> dict[str, Orig
         present.add("push_tokens")
     present |= {f"fields.{name}" for name in view.fields}
     return {key: Origin.model_validate(o) for key, o in sorted(stored.items()) if key in present}
+
+
+async def emit_created(tx: Transaction, results: Sequence[UpsertResult]) -> None:
+    """The outbox events of contacts created in bulk (``contacts_store.create_many``),
+    as :func:`emit_upsert` writes them one by one, from one query for all views."""
+    views = {
+        v.id: v for v in await contact_views(tx.conn, tx.workspace_id, [r.pk for r in results])
+    }
+    events: list[tuple[str, dict[str, Any], int | None]] = []
+    for result in results:
+        data = views[result.contact_id].model_dump(mode="json")
+        events.append(("contact.created", data, result.pk))
+        if result.added_tags:
+            events.append(
+                ("contact.tagged", {"id": result.contact_id, "tags": result.added_tags}, result.pk)
+            )
+    await outbox.record_many(tx.conn, tx.workspace_id, events)
 
 
 async def emit_upsert(tx: Transaction, result: UpsertResult) -> ContactOut:

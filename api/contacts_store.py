@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from nudgel.api.contact_models import DEFAULT_SOURCE
-from nudgel.api.identity import KINDS, Identifiers, Kind, lock_identifiers
+from nudgel.api.identity import KINDS, LOCK_SEED, Identifiers, Kind, lock_identifiers
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError, problem_type
 from nudgel.api.realtime import Change
@@ -51,7 +51,15 @@ from psycopg import AsyncConnection, errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-__all__ = ["UpsertInput", "UpsertResult", "add_tags", "new_contact_id", "upsert", "with_retries"]
+__all__ = [
+    "UpsertInput",
+    "UpsertResult",
+    "add_tags",
+    "create_many",
+    "new_contact_id",
+    "upsert",
+    "with_retries",
+]
 
 T = TypeVar("T")
 
@@ -320,6 +328,126 @@ async def _create(
     return UpsertResult(201, int(row[0]), contact_id, changed=True)
 
 
+async def create_many(
+    tx: Transaction, reqs: Sequence[UpsertInput]
+) -> tuple[list[UpsertResult | None], list[int]]:
+    """The set-based path of a bulk load: every request whose matchable
+    identifiers no contact holds, and no other request of ``reqs`` shares,
+    creates its contact here, in a few statements for all of them. Returns
+    a result per request (None for the others) and the others' indexes, which
+    the caller upserts one by one (they may match, merge or conflict).
+
+    The identifiers are locked first, as :func:`upsert` locks them, so a
+    concurrent upsert of one of them waits for this transaction and then
+    finds the contact.
+    """
+    conn, ws = tx.conn, tx.workspace_id
+    seen: dict[tuple[str, str], int] = {}
+    for req in reqs:
+        for pair in req.identifiers.matchable.items():
+            seen[pair] = seen.get(pair, 0) + 1
+    candidates = [
+        i
+        for i, req in enumerate(reqs)
+        if req.anchor_id is None
+        and req.identifiers.matchable
+        and all(seen[pair] == 1 for pair in req.identifiers.matchable.items())
+    ]
+    keys = sorted(
+        f"{ws}:{kind}:{value}"
+        for i in candidates
+        for kind, value in reqs[i].identifiers.matchable.items()
+    )
+    if keys:
+        # In array order (a function scan returns its rows in order), as
+        # lock_identifiers takes them one by one: the same global order.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, %s))"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n)",
+            (LOCK_SEED, keys),
+        )
+    held: set[tuple[str, str]] = set()
+    if candidates:
+        params: dict[str, Any] = {"ws": ws}
+        arms = []
+        for kind in KINDS:
+            values = [
+                reqs[i].identifiers.matchable[kind]
+                for i in candidates
+                if kind in reqs[i].identifiers.matchable
+            ]
+            if values:
+                params[kind] = values
+                arms.append(
+                    f"SELECT '{kind}', {kind} FROM contacts WHERE workspace_id = %(ws)s"
+                    f" AND {kind} = ANY(%({kind})s) AND NOT ('{kind}' = ANY(unmatched_identifiers))"
+                )
+        cur = await conn.execute(" UNION ALL ".join(arms), params)
+        held = {(kind, value) for kind, value in await cur.fetchall()}
+    fresh = [
+        i
+        for i in candidates
+        if not any(pair in held for pair in reqs[i].identifiers.matchable.items())
+    ]
+    results: list[UpsertResult | None] = [None] * len(reqs)
+    others = [i for i in range(len(reqs)) if i not in set(fresh)]
+    if not fresh:
+        return results, others
+    stamp = await _stamp(conn)
+    columns: dict[str, list[Any]] = {
+        name: [] for name in ("id", *KINDS, "name", "push_tokens", "fields", "unmatched", "origins")
+    }
+    for i in fresh:
+        profile, unmatched = _merged_profile(reqs[i], [])
+        origins = _merged_origins(reqs[i], [], profile, stamp)
+        columns["id"].append(new_contact_id())
+        for kind in KINDS:
+            columns[kind].append(profile[kind])
+        columns["name"].append(profile["name"])
+        columns["push_tokens"].append(json.dumps(profile["push_tokens"]))
+        columns["fields"].append(profile["fields"])
+        columns["unmatched"].append(",".join(unmatched))
+        columns["origins"].append(json.dumps(origins))
+    kinds = ", ".join(KINDS)
+    cur = await conn.execute(
+        f"INSERT INTO contacts (workspace_id, id, {kinds}, name, push_tokens, fields,"
+        " unmatched_identifiers, origins)"
+        f" SELECT %s, u.id, {', '.join('u.' + kind for kind in KINDS)}, u.name, u.push_tokens,"
+        " u.fields, string_to_array(u.unmatched, ','), u.origins"
+        f" FROM unnest(%s::text[], {'%s::text[], ' * len(KINDS)}%s::text[], %s::jsonb[],"
+        " %s::jsonb[], %s::text[], %s::jsonb[])"
+        f" AS u(id, {kinds}, name, push_tokens, fields, unmatched, origins)"
+        " RETURNING id, pk",
+        (
+            ws,
+            columns["id"],
+            *(columns[kind] for kind in KINDS),
+            columns["name"],
+            columns["push_tokens"],
+            columns["fields"],
+            columns["unmatched"],
+            columns["origins"],
+        ),
+    )
+    pks = {cid: int(pk) for cid, pk in await cur.fetchall()}
+    tag_pks: list[int] = []
+    tag_names: list[str] = []
+    for i, contact_id in zip(fresh, columns["id"], strict=True):
+        pk = pks[contact_id]
+        tags = sorted(set(reqs[i].tags))
+        results[i] = UpsertResult(201, pk, contact_id, changed=True, added_tags=tags)
+        tag_pks += [pk] * len(tags)
+        tag_names += tags
+        tx.touch(pk, Change("contact.created", everything=True))
+    if tag_names:
+        await _define_tags(tx, sorted(set(tag_names)))
+        await conn.execute(
+            "INSERT INTO contact_tags (contact_pk, tag) SELECT * FROM unnest(%s::bigint[], %s::text[])",
+            (tag_pks, tag_names),
+        )
+    return results, others
+
+
 async def _absorb(conn: AsyncConnection, survivor: dict[str, Any], others: list[int]) -> None:
     """Move the others' events, tags and subscriptions to the survivor, then delete them."""
     await conn.execute(
@@ -405,16 +533,12 @@ async def upsert(tx: Transaction, req: UpsertInput) -> UpsertResult:
     return result
 
 
-async def add_tags(tx: Transaction, contact_pk: int, tags: Sequence[str]) -> list[str]:
-    """Tag the contact; returns the tags it did not carry yet. Unknown tags are
-    defined (no colour) and fire ``tag.created``."""
-    if not tags:
-        return []
-    names = sorted(set(tags))  # one order for every request: no deadlock between them
+async def _define_tags(tx: Transaction, names: Sequence[str]) -> None:
+    """Define the tags the workspace does not know yet (``tag.created``); ``names`` sorted."""
     cur = await tx.conn.execute(
         "INSERT INTO tags (workspace_id, name) SELECT %s, unnest(%s::text[])"
         " ON CONFLICT DO NOTHING RETURNING name, color, created_at, updated_at",
-        (tx.workspace_id, names),
+        (tx.workspace_id, list(names)),
     )
     for name, color, created_at, updated_at in await cur.fetchall():
         await tx.emit(
@@ -427,6 +551,15 @@ async def add_tags(tx: Transaction, contact_pk: int, tags: Sequence[str]) -> lis
                 "updated_at": updated_at.isoformat(),
             },
         )
+
+
+async def add_tags(tx: Transaction, contact_pk: int, tags: Sequence[str]) -> list[str]:
+    """Tag the contact; returns the tags it did not carry yet. Unknown tags are
+    defined (no colour) and fire ``tag.created``."""
+    if not tags:
+        return []
+    names = sorted(set(tags))  # one order for every request: no deadlock between them
+    await _define_tags(tx, names)
     cur = await tx.conn.execute(
         "INSERT INTO contact_tags (contact_pk, tag) SELECT %s, unnest(%s::text[])"
         " ON CONFLICT DO NOTHING RETURNING tag",

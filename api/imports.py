@@ -57,8 +57,14 @@ from typing import IO, Any
 
 from nudgel.api.contact_fields import field_types, stored_fields_json
 from nudgel.api.contact_models import ContactUpsert
-from nudgel.api.contact_views import emit_upsert
-from nudgel.api.contacts_store import UpsertInput, UpsertResult, upsert, with_retries
+from nudgel.api.contact_views import emit_created, emit_upsert
+from nudgel.api.contacts_store import (
+    UpsertInput,
+    UpsertResult,
+    create_many,
+    upsert,
+    with_retries,
+)
 from nudgel.api.identity import KINDS, IdentifierError, Identifiers
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError
@@ -507,12 +513,34 @@ async def _apply_batch(
         raise LookupError(f"list {plan.list!r} was deleted during the import")
     applied: list[int] = []
     rejected: list[tuple[int, str | None, str]] = []
+    valid: list[tuple[int, UpsertInput]] = []
     for number, cells in rows:
         try:
-            req = row_input(plan, cells, types, region, blocked)
+            valid.append((number, row_input(plan, cells, types, region, blocked)))
         except _RowError as error:
             rejected.append((number, error.column, error.reason))
-            continue
+    one_by_one = valid
+    if plan.list is None and valid:
+        # New people, the common case of an import: created set-based. The
+        # rows that may match, merge or conflict go one by one below (their
+        # identifiers are not shared with the bulk rows, so the order between
+        # the two groups does not matter).
+        try:
+            async with conn.transaction():  # a savepoint: on a race, one by one
+                created, others = await create_many(batch, [req for _, req in valid])
+                made = [r for r in created if r is not None]
+                if made:
+                    await emit_created(batch, made)
+        except (errors.UniqueViolation, errors.DeadlockDetected):
+            # Someone created one of these identifiers meanwhile: the per-row
+            # upsert finds it and merges.
+            created, others = [None] * len(valid), list(range(len(valid)))
+        for (number, _), result in zip(valid, created, strict=True):
+            if result is not None:
+                counts.add(result)
+                applied.append(number)
+        one_by_one = [valid[i] for i in others]
+    for number, req in one_by_one:
         # Its own Transaction: what a row touches joins the batch only if the
         # row stands (a rolled-back merge must not drop another row's touch).
         row_tx = Transaction(conn, workspace_id)

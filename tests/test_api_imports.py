@@ -417,3 +417,65 @@ def test_a_nul_in_the_file_name_or_a_cell_is_no_server_error(
     assert done["counts"]["rejected"] == 1
     [row] = rejected(client, key, done["id"])
     assert row["row"] == 2 and "NUL" in row["reason"]
+
+
+def test_bulk_created_contacts_equal_contacts_upserted_one_by_one(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    """New people are created set-based; the result must be what the API's
+    upsert gives for the same rows: profiles, tags, origins' sources, outbox."""
+    rows = [
+        {
+            "email": "b1@example.com",
+            "phone": "+254712300001",
+            "name": "B One",
+            "tags": ["vip", "KE"],
+            "fields": {"plan": "pro", "ltv": 12.5},
+        },
+        {"email": "b2@example.com", "name": "B Two", "fields": {"vip": True}},
+        {"phone": "+254712300003", "tags": ["vip"]},
+    ]
+    csv = "email,phone,name,tags,plan,ltv,vip\n" + "".join(
+        f"{r.get('email', '')},{r.get('phone', '')},{r.get('name', '')},"
+        f"{';'.join(r.get('tags', []))},{r.get('fields', {}).get('plan', '')},"
+        f"{r.get('fields', {}).get('ltv', '')},"
+        f"{str(r.get('fields', {}).get('vip', '')).lower()}\n"
+        for r in rows
+    )
+    assert run(client, key, csv, source="api")["counts"]["created"] == 3
+    other = new_key(migrated_url)
+    try:
+        for name, type_ in [("plan", "text"), ("ltv", "number"), ("vip", "bool")]:
+            client.post("/v1/fields", json={"name": name, "type": type_}, headers=bearer(other))
+        for row in rows:
+            assert client.post("/v1/contacts", json=row, headers=bearer(other)).status_code == 201
+
+        def profiles(k: IssuedKey) -> list[dict[str, Any]]:
+            listed = client.get("/v1/contacts?limit=100", headers=bearer(k)).json()["data"]
+            out = []
+            for contact in listed:
+                detail = client.get(f"/v1/contacts/{contact['id']}", headers=bearer(k)).json()
+                out.append(
+                    {
+                        "email": detail["email"],
+                        "phone": detail["phone"],
+                        "name": detail["name"],
+                        "fields": detail["fields"],
+                        "tags": sorted(t["name"] for t in detail["tags"]),
+                        "origins": sorted(
+                            (name, o["source"]) for name, o in detail["origins"].items()
+                        ),
+                    }
+                )
+            return sorted(out, key=lambda p: str(p["email"]) + str(p["phone"]))
+
+        assert profiles(key) == profiles(other)
+
+        def events(k: IssuedKey) -> list[str]:
+            return sorted(
+                t for t in outbox_types(migrated_url, k.workspace_id) if not t.startswith("field.")
+            )
+
+        assert events(key) == events(other)
+    finally:
+        drop_workspace(migrated_url, other.workspace_id)
