@@ -23,35 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from nudgel.api import realtime
+from nudgel.api.job_runner import run_job
 from nudgel.api.rules_store import DeployedRules
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.runtime.dependencies import NodeKey
 from nudgel.runtime.program import to_micros
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["BATCH_SIZE", "create_job", "run_backfill"]
+__all__ = ["BATCH_SIZE", "run_backfill"]
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
 WRITERS = 2
-
-
-async def create_job(conn: AsyncConnection, workspace_id: int, kind: str) -> str:
-    job_id = "job_" + secrets.token_hex(12)
-    await conn.execute(
-        "INSERT INTO jobs (id, workspace_id, kind, status) VALUES (%s, %s, %s, 'queued')",
-        (job_id, workspace_id, kind),
-    )
-    return job_id
 
 
 def _next_change_sql(deployed: DeployedRules) -> str:
@@ -98,21 +88,9 @@ async def run_backfill(
     silent: Sequence[NodeKey],
 ) -> None:
     """Run the job to its end, recording success or failure on it."""
-    try:
-        result = await _backfill(pool, workspace_id, job_id, deployed, frozenset(silent))
-    except Exception as error:  # recorded on the job; the service goes on
-        log.exception("backfill %s failed", job_id)
-        async with pool.connection() as conn:
-            await conn.execute(
-                "UPDATE jobs SET status = 'failed', error = %s, finished_at = now() WHERE id = %s",
-                (f"{type(error).__name__}: {error}", job_id),
-            )
-        return
-    async with pool.connection() as conn:
-        await conn.execute(
-            "UPDATE jobs SET status = 'succeeded', result = %s, finished_at = now() WHERE id = %s",
-            (Jsonb(result), job_id),
-        )
+    await run_job(
+        pool, job_id, "backfill", _backfill(pool, workspace_id, job_id, deployed, frozenset(silent))
+    )
 
 
 async def _backfill(

@@ -13,15 +13,15 @@ from the stored real-time state.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from nudgel.api import realtime
-from nudgel.api.backfill import create_job, run_backfill
+from nudgel.api.backfill import run_backfill
 from nudgel.api.contact_fields import field_types
+from nudgel.api.job_runner import create_job, start_job
 from nudgel.api.rules_store import (
     DeployedRules,
     compile_for_workspace,
@@ -78,20 +78,13 @@ async def _drop_removed(conn: AsyncConnection, workspace_id: int, deployed: Depl
     )
 
 
-# Backfills running in this process; held so they are not garbage-collected
-# mid-run, and awaited on shutdown.
-RUNNING: set[asyncio.Task[None]] = set()
-
-
 def start_backfill(pool: AsyncConnectionPool, workspace_id: int, deployment: Deployment) -> None:
     """Start the deployment's backfill (after its transaction committed)."""
     assert deployment.job_id is not None and deployment.deployed is not None
-    task = asyncio.create_task(
+    start_job(
         run_backfill(pool, workspace_id, deployment.job_id, deployment.deployed, deployment.silent),
         name=f"backfill {deployment.job_id}",
     )
-    RUNNING.add(task)
-    task.add_done_callback(RUNNING.discard)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ import io
 import json
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -66,6 +65,7 @@ from nudgel.api.contacts_store import (
     with_retries,
 )
 from nudgel.api.identity import KINDS, IdentifierError, Identifiers
+from nudgel.api.job_runner import create_job, run_job, start_job
 from nudgel.api.mutation import Transaction
 from nudgel.api.problems import ProblemError
 from nudgel.api.routers.subscriptions import apply as apply_subscriptions
@@ -270,11 +270,7 @@ async def prepare_import(
     targets = resolve_targets(parsed.header, mapping, fields)
     if list_name is not None and await get_list(conn, workspace_id, list_name) is None:
         raise ImportRefused(f"There is no list {list_name!r} (create it with POST /v1/lists).")
-    job_id = "job_" + secrets.token_hex(12)
-    await conn.execute(
-        "INSERT INTO jobs (id, workspace_id, kind, status) VALUES (%s, %s, 'import', 'queued')",
-        (job_id, workspace_id),
-    )
+    job_id = await create_job(conn, workspace_id, "import")
     await conn.execute(
         "INSERT INTO imports (job_id, workspace_id, filename, header, targets, tags, source, list)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -648,26 +644,21 @@ async def run_import(
     normalised blocked identifiers, as for ``POST /v1/contacts``; ``lists``
     is needed when the import subscribes to a list.
     """
-    try:
-        counts = await _run(pool, workspace_id, job_id, region, blocked, lists)
-    except Exception as error:  # recorded on the job; the service goes on
-        log.exception("import %s failed", job_id)
-        async with pool.connection() as conn:
-            await conn.execute(
-                "UPDATE jobs SET status = 'failed', error = %s, finished_at = now() WHERE id = %s",
-                (f"{type(error).__name__}: {error}", job_id),
-            )
-        return
-    async with pool.connection() as conn:
-        await conn.execute(
-            "UPDATE jobs SET status = 'succeeded', done = total, result = %s,"
-            " finished_at = now() WHERE id = %s",
-            (Jsonb(counts.as_json()), job_id),
-        )
+    await run_job(
+        pool, job_id, "import", _run_counts(pool, workspace_id, job_id, region, blocked, lists)
+    )
 
 
-# Imports running in this process; held so they are not garbage-collected mid-run.
-RUNNING: set[asyncio.Task[None]] = set()
+async def _run_counts(
+    pool: AsyncConnectionPool,
+    workspace_id: int,
+    job_id: str,
+    region: str,
+    blocked: frozenset[str],
+    lists: ListContext | None,
+) -> dict[str, Any]:
+    counts = await _run(pool, workspace_id, job_id, region, blocked, lists)
+    return counts.as_json()
 
 
 def start_import(
@@ -679,11 +670,7 @@ def start_import(
     lists: ListContext | None = None,
 ) -> None:
     """Start applying a prepared import (after its transaction committed)."""
-    task = asyncio.create_task(
-        run_import(pool, workspace_id, job_id, region, blocked, lists), name=f"import {job_id}"
-    )
-    RUNNING.add(task)
-    task.add_done_callback(RUNNING.discard)
+    start_job(run_import(pool, workspace_id, job_id, region, blocked, lists), f"import {job_id}")
 
 
 # ---- the report --------------------------------------------------------------------

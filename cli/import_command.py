@@ -36,7 +36,7 @@ from nudgel.api.imports import (
 )
 from nudgel.api.migrate import apply_migrations
 from nudgel.api.settings import Settings
-from psycopg_pool import AsyncConnectionPool
+from nudgel.cli.job_progress import follow_job
 
 __all__ = ["import_command"]
 
@@ -157,7 +157,7 @@ async def _import(
         region = settings.default_phone_region
         blocked = normalise_blocked(settings.blocked_identifiers, region)
         task = asyncio.create_task(run_import(pool, workspace_id, job_id, region, blocked, lists))
-        status, result, error_text = await _follow(pool, job_id, task)
+        status, result, error_text = await follow_job(pool, job_id, task, "importing")
         if status != "succeeded":
             click.echo(f"the import failed: {error_text}", err=True)
             return 1
@@ -181,27 +181,3 @@ async def _import(
         return 0
     finally:
         await pool.close()
-
-
-async def _follow(
-    pool: AsyncConnectionPool, job_id: str, task: asyncio.Task[None]
-) -> tuple[str, dict[str, int] | None, str | None]:
-    """Show the job's progress until it ends; its final status, result and error."""
-    shown = 0
-    with click.progressbar(length=1, label="importing", show_pos=True, file=sys.stderr) as bar:
-        while True:
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT status, total, done, result, error FROM jobs WHERE id = %s", (job_id,)
-                )
-                row = await cur.fetchone()
-            assert row is not None
-            status, total, done, result, error = row
-            if total and bar.length != total:
-                bar.length = total
-            if done > shown:
-                bar.update(done - shown)
-                shown = done
-            if task.done() and status in ("succeeded", "failed"):
-                return status, result, error
-            await asyncio.sleep(0.2)

@@ -14,6 +14,7 @@ from nudgel.api.db import make_pool
 from nudgel.api.deploy import deploy, verify
 from nudgel.api.embedded import database_url_from_env
 from nudgel.api.settings import Settings
+from nudgel.cli.job_progress import follow_job
 from nudgel.cli.rulec import collect_rule_files
 from nudgel.dsl.render import render_human
 from psycopg import AsyncConnection
@@ -84,37 +85,13 @@ async def _apply(sources: dict[str, str], workspace: str) -> int:
                 pool, workspace_id, deployment.job_id, deployment.deployed, deployment.silent
             )
         )
-        status, error = await _follow(pool, deployment.job_id, task)
+        status, _, error = await follow_job(pool, deployment.job_id, task, "backfill")
         if status != "succeeded":
             click.echo(f"the backfill failed: {error}", err=True)
             return 1
         return 0
     finally:
         await pool.close()
-
-
-async def _follow(
-    pool: AsyncConnectionPool, job_id: str, task: asyncio.Task[None]
-) -> tuple[str, str | None]:
-    """Show the job's progress until it ends; its final status and error."""
-    shown = 0
-    with click.progressbar(length=1, label="backfill", show_pos=True) as bar:
-        while True:
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT status, total, done, error FROM jobs WHERE id = %s", (job_id,)
-                )
-                row = await cur.fetchone()
-            assert row is not None
-            status, total, done, error = row
-            if total and bar.length != total:
-                bar.length = total
-            if done > shown:
-                bar.update(done - shown)
-                shown = done
-            if task.done() and status in ("succeeded", "failed"):
-                return status, error
-            await asyncio.sleep(0.2)
 
 
 @rules.command(name="verify")

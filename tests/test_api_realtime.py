@@ -525,3 +525,39 @@ def test_backfill_in_many_small_batches_written_side_by_side(
     assert (job["total"], job["done"], job["result"]["contacts"]) == (9, 9, 9)
     assert sorted(segment_ids(client, key, "vip")) == sorted(i for n, i in enumerate(ids) if n % 3)
     assert drift(migrated_url, key.workspace_id) == []
+
+
+def test_rule_history_pages_in_numeric_order(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    """Ids across a digit boundary (rh_9, rh_10) come in numeric order, page by page."""
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        # Move the id sequence to just below a power of ten: the ids below
+        # cross it (999 -> 1000), where text order and number order differ.
+        row = conn.execute("SELECT max(id) FROM rule_history").fetchone()
+        last = int(row[0] or 0) if row else 0
+        target = 10 ** len(str(last + 10)) - 6
+        conn.execute("SELECT setval(pg_get_serial_sequence('rule_history', 'id'), %s)", (target,))
+    deploy(client, key, 'segment vip { tag "vip" }')
+    ada = upsert(client, key, {"email": "pages@example.com"})
+    for _ in range(6):
+        assert client.post(
+            f"/v1/contacts/{ada['id']}/tags", json={"tags": ["vip"]}, headers=bearer(key)
+        ).status_code in (200, 201)
+        assert (
+            client.delete(f"/v1/contacts/{ada['id']}/tags/vip", headers=bearer(key)).status_code
+            == 200
+        )
+    boundary = target + 6
+    seen: list[int] = []
+    cursor = None
+    while True:
+        query = f"?limit=5&starting_after={cursor}" if cursor else "?limit=5"
+        page = client.get(
+            f"/v1/contacts/{ada['id']}/rule_history{query}", headers=bearer(key)
+        ).json()
+        seen += [int(h["id"].removeprefix("rh_")) for h in page["data"]]
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert seen == sorted(seen) and len(seen) == 12 and seen[0] < boundary <= seen[-1]

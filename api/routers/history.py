@@ -76,9 +76,11 @@ async def rule_history(
         after = int(match.group(1))
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        "SELECT 'rh_' || id AS id, kind, name, old_value, new_value, at, reason FROM rule_history"
-        " WHERE contact_pk = %s AND workspace_id = %s AND id > %s"
-        " AND (%s::text IS NULL OR kind = %s) ORDER BY id LIMIT %s",
+        # h.id, not id: in ORDER BY a bare `id` is the output column, the
+        # text 'rh_...' (which sorts rh_10 before rh_9).
+        "SELECT 'rh_' || h.id AS id, h.kind, h.name, h.old_value, h.new_value, h.at, h.reason"
+        " FROM rule_history h WHERE h.contact_pk = %s AND h.workspace_id = %s AND h.id > %s"
+        " AND (%s::text IS NULL OR h.kind = %s) ORDER BY h.id LIMIT %s",
         (pk, auth.workspace_id, after, kind, kind, page.fetch),
     )
     rows = [RuleChange.model_validate(r) for r in await cur.fetchall()]
