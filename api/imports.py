@@ -582,7 +582,8 @@ async def _run(
     region: str,
     blocked: frozenset[str],
     lists: ListContext | None,
-) -> Counts:
+) -> dict[str, Any]:
+    """Every staged row applied or rejected; the counts, as the job's result."""
     async with pool.connection() as conn:
         plan = await _load_plan(conn, job_id)
         if plan.list is not None and lists is None:
@@ -627,7 +628,7 @@ async def _run(
                 # for a change that rolled back; no locks held while sending).
                 assert lists is not None
                 await lists.send(outgoing)
-    return counts
+    return counts.as_json()
 
 
 async def run_import(
@@ -644,21 +645,7 @@ async def run_import(
     normalised blocked identifiers, as for ``POST /v1/contacts``; ``lists``
     is needed when the import subscribes to a list.
     """
-    await run_job(
-        pool, job_id, "import", _run_counts(pool, workspace_id, job_id, region, blocked, lists)
-    )
-
-
-async def _run_counts(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    region: str,
-    blocked: frozenset[str],
-    lists: ListContext | None,
-) -> dict[str, Any]:
-    counts = await _run(pool, workspace_id, job_id, region, blocked, lists)
-    return counts.as_json()
+    await run_job(pool, job_id, "import", _run(pool, workspace_id, job_id, region, blocked, lists))
 
 
 def start_import(
