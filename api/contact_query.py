@@ -28,6 +28,7 @@ from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import check_sources
 from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
+from nudgel.dsl.parser import KEYWORDS
 from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
 
@@ -38,7 +39,10 @@ FILE = "where"
 
 
 def _source(expr: str, types: Mapping[str, Type]) -> str:
-    fields = "".join(f"field {name}: {t.value}\n" for name, t in sorted(types.items()))
+    # Keyword-named definitions (refused by the API today) cannot be named by rules.
+    fields = "".join(
+        f"field {name}: {t.value}\n" for name, t in sorted(types.items()) if name not in KEYWORDS
+    )
     return f"segment {SEGMENT} {{\n{expr}\n}}\n{fields}"
 
 
@@ -81,7 +85,7 @@ def compile_where(expr: str, types: Mapping[str, Type]) -> CompiledQuery:
     # must be one condition.
     if (
         set(rules.segments) != {SEGMENT}
-        or set(rules.fields) != set(types)
+        or set(rules.fields) != set(types) - KEYWORDS
         or rules.scores
         or rules.lifecycle is not None
     ):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from nudgel.dsl import ast
 from nudgel.dsl.ast import FIELD_TYPES
 from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
-from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic
-from nudgel.dsl.parser import parse
+from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic, InternalError
+from nudgel.dsl.parser import KEYWORDS, parse
 from nudgel.runtime.dependencies import DependencySet, NodeKey
 from nudgel.runtime.next_change import TimePlan, time_plan
 from nudgel.runtime.program import Program, to_micros
@@ -73,13 +73,18 @@ def compile_for_workspace(
     implicit = "".join(
         f"field {name}: {type_.value}\n"
         for name, type_ in sorted(definitions.items())
-        if name not in declared
+        # A keyword is no field name in the rules language (the API refuses
+        # them; older definitions may still be there): rules cannot name it.
+        if name not in declared and name not in KEYWORDS
     )
     sources = dict(files)
     if implicit:
         sources[WORKSPACE_FIELDS] = implicit
     result = check_sources(sources)
-    # The implicit declarations are not the user's: no "declared but never used".
+    # The implicit declarations are not the user's: no "declared but never
+    # used". An error there would be ours, never silently dropped.
+    if any(d.is_error for d in result.diagnostics if d.span.file == WORKSPACE_FIELDS):
+        raise InternalError(f"the workspace's field declarations do not check: {implicit!r}")
     diagnostics = [d for d in result.diagnostics if d.span.file != WORKSPACE_FIELDS]
     diagnostics.extend(extra)
     diagnostics.sort(key=Diagnostic.sort_key)

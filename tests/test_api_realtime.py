@@ -561,3 +561,25 @@ def test_rule_history_pages_in_numeric_order(
             break
         cursor = page["next_cursor"]
     assert seen == sorted(seen) and len(seen) == 12 and seen[0] < boundary <= seen[-1]
+
+
+def test_keyword_field_names_are_refused_and_old_ones_do_not_break_deploys(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    """Found by schemathesis: a field named like a keyword made every deploy a 500."""
+    refused = client.post(
+        "/v1/fields", json={"name": "segment", "type": "text"}, headers=bearer(key)
+    )
+    problem = assert_problem(refused, 422)
+    assert (
+        problem["errors"][0]["pointer"] == "/name" and "keyword" in problem["errors"][0]["detail"]
+    )
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO field_definitions (workspace_id, name, type) VALUES (%s, 'count', 'text')",
+            (key.workspace_id,),
+        )
+    deployed = deploy(client, key, 'segment pro { fields.plan = "pro" }')
+    assert deployed["version"] == 1
+    query = client.get("/v1/contacts?where=fields.plan%20%3D%20%22pro%22", headers=bearer(key))
+    assert query.status_code == 200, query.text

@@ -17,9 +17,10 @@ from nudgel.api.pagination import ListResponse, PageParams, page_of
 from nudgel.api.problems import ProblemError, problem_responses
 from nudgel.api.routers.common import Conn, resource_router
 from nudgel.api.rules_store import compile_for_workspace, current_rules
+from nudgel.dsl.parser import KEYWORDS
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 router, OPENAPI_TAG = resource_router(
     "/fields", "Fields", "Custom contact fields: declared once per workspace, with a type."
@@ -37,7 +38,18 @@ class FieldCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"name": "ltv", "type": "number"}]}
     )
 
-    name: FieldName = Field(description="Lower-case identifier, `[a-z_][a-z0-9_]*`.")
+    name: FieldName = Field(
+        description="Lower-case identifier, `[a-z_][a-z0-9_]*`, not a keyword of the rules"
+        " language (`segment`, `count`, `tag` ...), so rules can name it `fields.NAME`."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_keyword(cls, name: str) -> str:
+        if name in KEYWORDS:
+            raise ValueError(f"`{name}` is a keyword of the rules language: choose another name")
+        return name
+
     type: FieldType = Field(description="The type values must have.")
 
 
