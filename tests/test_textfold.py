@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -24,12 +23,9 @@ from nudgel.dsl.textfold import (
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[psycopg.Connection]:
-    # Pure SELECTs only, so any database on the server will do.
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        pytest.skip("DATABASE_URL is not set: the PostgreSQL comparison needs a server")
-    with psycopg.connect(url, autocommit=True) as conn:
+def pg(database_url: str) -> Iterator[psycopg.Connection]:
+    # Pure SELECTs only; DATABASE_URL's server, else the embedded one.
+    with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
 
 
