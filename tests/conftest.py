@@ -26,9 +26,11 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from nudgel.api.embedded import ensure_embedded_postgres
+from nudgel.api.keys import IssuedKey
 from nudgel.api.migrate import apply_migrations
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from workspaces import drop_workspace, new_key
 
 # Hypothesis profiles: `ci` (default) keeps the whole suite within minutes on two
 # cores; `HYPOTHESIS_PROFILE=long` runs thousands of examples per property.
@@ -84,3 +86,19 @@ def pg_conn(migrated_url: str) -> Iterator[psycopg.Connection]:
     finally:
         conn.rollback()
         conn.close()
+
+
+# A new workspace per test (a module may define its own `key`, e.g. with
+# fields), and a second one for the isolation tests.
+@pytest.fixture
+def key(migrated_url: str) -> Iterator[IssuedKey]:
+    issued = new_key(migrated_url)
+    yield issued
+    drop_workspace(migrated_url, issued.workspace_id)
+
+
+@pytest.fixture
+def other_key(migrated_url: str) -> Iterator[IssuedKey]:
+    issued = new_key(migrated_url)
+    yield issued
+    drop_workspace(migrated_url, issued.workspace_id)

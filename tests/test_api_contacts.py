@@ -3,7 +3,6 @@ protections, field validation, auth and isolation, idempotency, where=, tags, de
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,9 +10,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey, create_key
+from nudgel.api.keys import IssuedKey
 from nudgel.api.settings import Settings
 from test_api_foundation import assert_problem, bearer, outbox_types
+from workspaces import drop_workspace, new_key
 
 pytestmark = pytest.mark.postgres
 
@@ -47,18 +47,6 @@ def client(migrated_url: str) -> Iterator[TestClient]:
     yield from contacts_client(migrated_url)
 
 
-def new_key(url: str) -> IssuedKey:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return create_key(conn, f"ws_{secrets.token_hex(6)}", "test")
-
-
-def drop_workspace(url: str, workspace_id: int) -> None:
-    # The database is shared by the session: tests that count rows of the
-    # storage tables (test_migrations) must not see these contacts.
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM workspaces WHERE id = %s", (workspace_id,))
-
-
 @pytest.fixture
 def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
     issued = new_key(migrated_url)
@@ -67,13 +55,6 @@ def key(migrated_url: str, client: TestClient) -> Iterator[IssuedKey]:
             "/v1/fields", json={"name": name, "type": type_}, headers=bearer(issued)
         )
         assert response.status_code == 201
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
-
-
-@pytest.fixture
-def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
     yield issued
     drop_workspace(migrated_url, issued.workspace_id)
 

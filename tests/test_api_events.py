@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.keys import IssuedKey
-from test_api_contacts import contacts_client, drop_workspace, new_key
+from test_api_contacts import contacts_client
 from test_api_foundation import assert_problem, bearer, outbox_types
 
 pytestmark = pytest.mark.postgres
@@ -21,20 +21,6 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def client(migrated_url: str) -> Iterator[TestClient]:
     yield from contacts_client(migrated_url)
-
-
-@pytest.fixture
-def key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
-
-
-@pytest.fixture
-def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
 
 
 def outbox(url: str, workspace_id: int) -> list[tuple[str, dict[str, Any]]]:

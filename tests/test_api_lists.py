@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.keys import IssuedKey
-from test_api_contacts import contacts_client, drop_workspace, new_key
+from test_api_contacts import contacts_client
 from test_api_foundation import assert_problem, bearer, outbox_types
 from test_api_realtime import deploy
 
@@ -33,20 +33,6 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
 def client(migrated_url: str) -> Iterator[TestClient]:
     # No SMTP URL: confirmation emails go to the dev inbox.
     yield from contacts_client(migrated_url)
-
-
-@pytest.fixture
-def key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
-
-
-@pytest.fixture
-def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
 
 
 def create_list(client: TestClient, key: IssuedKey, **body: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from nudgel.api.keys import IssuedKey
 from nudgel.api.outbox import EVENT_TYPES
 from nudgel.api.settings import Settings
 from standardwebhooks.webhooks import Webhook
-from test_api_contacts import drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer
 
 pytestmark = pytest.mark.postgres
@@ -37,20 +36,6 @@ def client(migrated_url: str) -> Iterator[TestClient]:
     app = create_app(Settings(database_url=migrated_url, run_worker=False))
     with TestClient(app) as client:
         yield client
-
-
-@pytest.fixture
-def key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
-
-
-@pytest.fixture
-def other_key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
 
 
 def create(client: TestClient, key: IssuedKey, **body: Any) -> dict[str, Any]:

@@ -38,7 +38,6 @@ from nudgel.api.delivery import backoff_seconds, deliver_once, make_worker_pool,
 from nudgel.api.keys import IssuedKey
 from nudgel.api.settings import Settings
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from test_api_contacts import drop_workspace, new_key
 from test_api_foundation import bearer
 
 pytestmark = pytest.mark.postgres
@@ -182,13 +181,6 @@ def client(migrated_url: str) -> Iterator[TestClient]:
     app = create_app(Settings(database_url=migrated_url, run_worker=False))
     with TestClient(app) as client:
         yield client
-
-
-@pytest.fixture
-def key(migrated_url: str) -> Iterator[IssuedKey]:
-    issued = new_key(migrated_url)
-    yield issued
-    drop_workspace(migrated_url, issued.workspace_id)
 
 
 def subscribe(
