@@ -20,11 +20,9 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from nudgel.api import delivery
-from nudgel.api.db import make_pool, pool_of
-from nudgel.api.migrate import apply_migrations
-from nudgel.api.problems import Problem, ProblemError, install_problem_handlers, problem_responses
-from nudgel.api.routers import (
+from nudgel.api.db.pool import make_pool, pool_of
+from nudgel.api.http.problems import install_problem_handlers, problem_responses
+from nudgel.api.http.routers import (
     ROUTERS,
     contacts,
     events,
@@ -41,8 +39,11 @@ from nudgel.api.routers import (
     test_clock,
     webhooks,
 )
-from nudgel.api.scheduler import scheduler_loop
+from nudgel.api.problems import Problem, ProblemError
+from nudgel.api.rules.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
+from nudgel.api.webhooks import delivery
+from nudgel.schema.migrate import apply_migrations
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 

@@ -7,39 +7,28 @@ JSON pointer into it, and a message. Plain HTTP errors (404 for an unknown
 route, 405 ...) use ``type: about:blank`` with the status phrase as title, as
 the RFC asks; the service's own problems have their own ``type`` URI.
 
-Code raises :class:`ProblemError`; the handlers installed by
-:func:`install_problem_handlers` render it, ``HTTPException`` and request
+Code at any layer raises :class:`ProblemError`; the HTTP layer's handlers
+(``nudgel.api.http.problems``) render it, ``HTTPException`` and request
 validation errors.
 """
 
 from __future__ import annotations
 
-import http
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import psycopg
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "PROBLEM_JSON",
     "FieldError",
     "Problem",
     "ProblemError",
-    "install_problem_handlers",
-    "problem_responses",
     "problem_type",
 ]
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "https://nudgel.dev/problems/"
-
-log = logging.getLogger(__name__)
 
 
 def problem_type(slug: str) -> str:
@@ -103,181 +92,3 @@ class ProblemError(Exception):
     @classmethod
     def conflict(cls, detail: str) -> ProblemError:
         return cls(409, "Conflict", detail, type_=problem_type("conflict"))
-
-
-def problem_response(
-    request: Request,
-    status: int,
-    title: str,
-    detail: str | None = None,
-    *,
-    type_: str = "about:blank",
-    headers: Mapping[str, str] | None = None,
-    errors: Sequence[FieldError] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    if errors is not None:
-        body["errors"] = [e.model_dump() for e in errors]
-    if extra:
-        body.update(extra)
-    return JSONResponse(
-        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
-    )
-
-
-def _pointer(parts: Sequence[int | str]) -> str:
-    # RFC 6901 escaping: "~" then "/".
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def validation_errors(raw: Sequence[Any]) -> list[FieldError]:
-    """Pydantic/FastAPI error dicts as :class:`FieldError`."""
-    out = []
-    for err in raw:
-        loc = list(err.get("loc", ()))
-        location = str(loc[0]) if loc else "body"
-        out.append(
-            FieldError(
-                location=location,
-                pointer=_pointer(loc[1:]),
-                detail=str(err.get("msg", "invalid")),
-                code=str(err.get("type", "invalid")),
-            )
-        )
-    return out
-
-
-async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ProblemError)
-    return problem_response(
-        request,
-        exc.status,
-        exc.title,
-        exc.detail,
-        type_=exc.type,
-        headers=exc.headers,
-        errors=exc.errors,
-        extra=exc.extra,
-    )
-
-
-async def _on_http(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
-        # FastAPI answers a JSON body it cannot decode (not UTF-8, nested too
-        # deep) with a bare 400, but malformed JSON with a 422: both are a
-        # body that is not JSON, so both are the documented 422 problem.
-        reason = f"The body is not valid JSON: {exc.__cause__}"
-        return problem_response(
-            request,
-            422,
-            "Invalid request",
-            f"body: {reason}",
-            type_=problem_type("validation"),
-            errors=[FieldError(location="body", pointer="", detail=reason, code="json_invalid")],
-        )
-    phrase = http.HTTPStatus(exc.status_code).phrase
-    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
-    return problem_response(
-        request, exc.status_code, phrase, detail, headers=getattr(exc, "headers", None)
-    )
-
-
-async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = validation_errors(exc.errors())
-    first = errors[0] if errors else None
-    detail = (
-        f"{first.location}{first.pointer or ''}: {first.detail}"
-        if first is not None
-        else "The request is invalid."
-    )
-    if len(errors) > 1:
-        detail += f" (and {len(errors) - 1} more)"
-    return problem_response(
-        request,
-        422,
-        "Invalid request",
-        detail,
-        type_=problem_type("validation"),
-        errors=errors,
-    )
-
-
-def _nul_inputs(request: Request) -> list[FieldError]:
-    detail = "must not contain NUL characters"
-    found = [
-        FieldError(location=location, pointer=_pointer([name]), detail=detail, code="invalid")
-        for location, params in (("path", request.path_params), ("query", request.query_params))
-        for name, value in params.items()
-        if isinstance(value, str) and "\x00" in value
-    ]
-    return found or [FieldError(location="body", pointer="", detail=detail, code="invalid")]
-
-
-async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, psycopg.DataError)
-    # psycopg refuses, before sending anything, text with a NUL character
-    # (PostgreSQL text cannot hold one): an id, name or cursor sent by the
-    # client that can name nothing. Such an error has no SQLSTATE; any other
-    # data error (from the server) goes on to the unexpected-error handler.
-    if exc.sqlstate is not None or "NUL" not in str(exc):
-        raise exc
-    errors = _nul_inputs(request)
-    first = errors[0]
-    return problem_response(
-        request,
-        422,
-        "Invalid request",
-        f"{first.location}{first.pointer}: {first.detail}",
-        type_=problem_type("validation"),
-        errors=errors,
-    )
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Logged with its traceback; the client learns nothing about internals.
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(
-        request, 500, "Internal Server Error", "An unexpected error occurred; it has been logged."
-    )
-
-
-def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ProblemError, _on_problem)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(psycopg.DataError, _on_data_error)
-    app.add_exception_handler(Exception, _on_unexpected)
-
-
-_DESCRIPTIONS = {
-    400: "Malformed request (e.g. an invalid Idempotency-Key).",
-    401: "Missing, malformed, unknown or revoked API key.",
-    404: "The object does not exist in this workspace.",
-    409: "Conflict: the object exists already, or a request with this Idempotency-Key is still in flight.",
-    422: "Invalid request: `errors` lists each invalid input; also an Idempotency-Key reused with other parameters.",
-}
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries for these error statuses, as problem+json.
-
-    The schema is referenced by name; ``nudgel.api.app`` adds ``Problem`` to
-    the document's components.
-    """
-    schema = {"$ref": "#/components/schemas/Problem"}
-    return {
-        status: {
-            "description": _DESCRIPTIONS.get(status, http.HTTPStatus(status).phrase),
-            "content": {PROBLEM_JSON: {"schema": schema}},
-        }
-        for status in statuses
-    }

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from nudgel.api.embedded import default_data_dir, ensure_embedded_postgres
+from nudgel.api.db.embedded import default_data_dir, ensure_embedded_postgres
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds a request waits for a free connection."
     )
 
-    # Webhook delivery (nudgel.api.delivery).
+    # Webhook delivery (nudgel.api.webhooks.delivery).
     run_worker: bool = Field(
         default=True,
         description="Run the background work (webhook delivery, re-evaluation as time passes)"
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=100 * 1024 * 1024, ge=1, description="The largest CSV `POST /v1/imports` takes."
     )
 
-    # Lists and double opt-in (nudgel.api.mailer, nudgel.api.tokens).
+    # Lists and double opt-in (nudgel.api.lists.mailer, nudgel.api.lists.tokens).
     smtp_url: str | None = Field(
         default=None,
         description="Where emails go: `smtp://user:password@host:587` (STARTTLS when the"

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-from nudgel.api.keys import create_key
+from nudgel.api.keys.store import create_key
 from psycopg import sql
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

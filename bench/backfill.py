@@ -34,12 +34,12 @@ from psycopg_pool import AsyncConnectionPool
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_sql import NOW, load
-from nudgel.api.backfill import run_backfill
-from nudgel.api.deploy import deploy
-from nudgel.api.embedded import database_url_from_env
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.rules.backfill import run_backfill
+from nudgel.api.rules.deploy import deploy
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.runtime.program import to_micros
+from nudgel.schema.migrate import apply_migrations
 
 RULES = """
 segment premium { tag "premium" }

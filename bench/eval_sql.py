@@ -34,11 +34,11 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_memory import spec_rules
-from nudgel.api.embedded import database_url_from_env
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.db.embedded import database_url_from_env
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.dsl.checker import check_sources
 from nudgel.dsl.timeparse import parse_timestamp
+from nudgel.schema.migrate import apply_migrations
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 NOW_MICROS = parse_timestamp("2026-06-01T12:00:00Z") or 0

@@ -30,17 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-# contact_models and the routers package import each other; loading the
-# routers first is the order that resolves (the app's).
-import nudgel.api.routers  # noqa: F401
-
-# isort: split
 import psycopg
-from nudgel.api.embedded import database_url_from_env
-from nudgel.api.identity import normalise_blocked
-from nudgel.api.imports import BATCH_SIZE, prepare_import, rejected_rows, run_import
-from nudgel.api.keys import create_key
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.contacts.identity import normalise_blocked
+from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.jobs.imports import BATCH_SIZE, prepare_import, rejected_rows, run_import
+from nudgel.api.keys.store import create_key
+from nudgel.schema.migrate import apply_migrations
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 

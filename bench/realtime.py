@@ -31,7 +31,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_upsert import DEFAULT_URL, percentile, run_api, served, throwaway_database
-from nudgel.api.keys import create_key
+from nudgel.api.keys.store import create_key
 
 FIELDS = {"plan": "text", "ltv": "number", "beta": "bool", "company": "text"}
 TAGS = ["premium", "KE", "vip", "beta", "newsletter", "churn-risk"]

@@ -1,7 +1,7 @@
 """`nudgel import FILE.csv --workspace NAME`: the CSV import of ``POST /v1/imports``
 from the command line, with a progress bar.
 
-The file is staged and applied in this process (``nudgel.api.imports``),
+The file is staged and applied in this process (``nudgel.api.jobs.imports``),
 straight on the database; the job is the same as the API's, so
 ``GET /v1/imports/{id}`` shows it afterwards.
 """
@@ -14,19 +14,13 @@ import sys
 from functools import partial
 from typing import IO
 
-# contact_models and the routers package import each other; loading the
-# routers first is the order that resolves (the app's).
-import nudgel.api.routers  # noqa: F401
-
-# isort: split
 import click
 import psycopg
 from fastapi import FastAPI
-from nudgel.api import subscribing, tokens
-from nudgel.api.db import make_pool
-from nudgel.api.embedded import database_url_from_env
-from nudgel.api.identity import normalise_blocked
-from nudgel.api.imports import (
+from nudgel.api.contacts.identity import normalise_blocked
+from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.db.pool import make_pool
+from nudgel.api.jobs.imports import (
     DEFAULT_SOURCE,
     ImportRefused,
     ListContext,
@@ -34,9 +28,11 @@ from nudgel.api.imports import (
     rejected_rows,
     run_import,
 )
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.lists import subscriptions as subscribing
+from nudgel.api.lists import tokens
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
+from nudgel.schema.migrate import apply_migrations
 
 __all__ = ["import_command"]
 

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import click
 import psycopg
-from nudgel.api.embedded import database_url_from_env
-from nudgel.api.keys import create_key, revoke_key
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.keys.store import create_key, revoke_key
 from nudgel.api.settings import Settings
 from nudgel.cli.import_command import import_command
 from nudgel.cli.rules_commands import rules
+from nudgel.schema.migrate import apply_migrations
 
 from nudgel import __version__
 
@@ -90,7 +90,7 @@ def worker() -> None:
     """
     import asyncio
 
-    from nudgel.api.delivery import run_standalone
+    from nudgel.api.webhooks.delivery import run_standalone
 
     settings = Settings()
     url = settings.resolve_database_url()

@@ -236,7 +236,7 @@ def eval_command(
 
         result = Program.compile(rules).evaluate_all(contacts, now)
     else:
-        from nudgel.api.embedded import database_url_from_env
+        from nudgel.api.db.embedded import database_url_from_env
         from nudgel.runtime.postgres_eval import evaluate_postgres
 
         url = database_url or database_url_from_env()

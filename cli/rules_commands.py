@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import click
-from nudgel.api.backfill import run_backfill
-from nudgel.api.db import make_pool
-from nudgel.api.deploy import deploy, verify
-from nudgel.api.embedded import database_url_from_env
+from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.db.pool import make_pool
+from nudgel.api.rules.backfill import run_backfill
+from nudgel.api.rules.deploy import deploy, verify
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
 from nudgel.cli.rulec import collect_rule_files

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from decimal import Decimal
 
 import psycopg
-from nudgel.api.migrate import apply_migrations
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.dsl.checker import CheckedRules
 from nudgel.runtime.contact import Contact
 from nudgel.runtime.pgload import load_contacts_into
 from nudgel.runtime.result import EvalResult
+from nudgel.schema.migrate import apply_migrations
 from psycopg import sql
 
 __all__ = ["evaluate_postgres", "run_everything", "throwaway_schema"]

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
-from nudgel.api.embedded import ensure_embedded_postgres
-from nudgel.api.keys import IssuedKey
-from nudgel.api.migrate import apply_migrations
+from nudgel.api.db.embedded import ensure_embedded_postgres
+from nudgel.api.keys.store import IssuedKey
+from nudgel.schema.migrate import apply_migrations
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from workspaces import drop_workspace, new_key

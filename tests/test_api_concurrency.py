@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey, create_key
+from nudgel.api.keys.store import IssuedKey, create_key
 from nudgel.api.settings import Settings
 from test_api_contacts import drop_workspace
 from test_api_foundation import bearer

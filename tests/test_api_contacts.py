@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
 from test_api_foundation import assert_problem, bearer, outbox_types
 from workspaces import drop_workspace, new_key

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from test_api_contacts import contacts_client
 from test_api_foundation import assert_problem, bearer, outbox_types
 

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from nudgel.api import idempotency, outbox
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey, KeyMode, create_key, revoke_key
+from nudgel.api.http import idempotency
+from nudgel.api.keys.store import IssuedKey, KeyMode, create_key, revoke_key
 from nudgel.api.settings import Settings
+from nudgel.api.webhooks import outbox
 from nudgel.cli.nudgel import cli
 from openapi_spec_validator import validate
 

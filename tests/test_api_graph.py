@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
 from test_api_contacts import contact_types, contacts_client, count, drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer

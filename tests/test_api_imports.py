@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from nudgel.api.keys import IssuedKey
-from nudgel.api.mailer import DevInbox, mailer_of
+from nudgel.api.keys.store import IssuedKey
+from nudgel.api.lists.mailer import DevInbox, mailer_of
 from test_api_contacts import contacts_client, count, drop_workspace, new_key
 from test_api_foundation import assert_problem, bearer, outbox_types
 

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from nudgel.api.deploy import verify
-from nudgel.api.keys import IssuedKey, create_key
+from nudgel.api.keys.store import IssuedKey, create_key
+from nudgel.api.rules.deploy import verify
 from test_api_contacts import contacts_client, drop_workspace
 from test_api_foundation import assert_problem, bearer
 from test_webhook_delivery import Receiver, run_workers, subscribe, worker_settings
@@ -513,7 +513,7 @@ def test_segment_and_score_webhooks_are_delivered_signed_and_in_order(
 def test_backfill_in_many_small_batches_written_side_by_side(
     client: TestClient, key: IssuedKey, migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nudgel.api import backfill
+    from nudgel.api.rules import backfill
 
     monkeypatch.setattr(backfill, "BATCH_SIZE", 2)
     ids = [

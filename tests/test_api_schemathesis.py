@@ -49,7 +49,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi

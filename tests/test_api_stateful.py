@@ -2,7 +2,7 @@
 and external-id conflicts), tagging, events and deletes against the real
 service and PostgreSQL, compared after every step with a model.
 
-The model is the identity rules in miniature (``nudgel.api.contacts_store``):
+The model is the identity rules in miniature (``nudgel.api.contacts.store``):
 each live contact's identifiers (with their blocked flag), name, tags, the
 events the API accepted for it and the merges it absorbed. Identifier values
 come from small pools in several spellings, so requests keep meeting each
@@ -41,7 +41,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from test_api_contacts import contacts_client, drop_workspace, new_key
 from test_api_foundation import bearer
 

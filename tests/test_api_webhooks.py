@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey
-from nudgel.api.outbox import EVENT_TYPES
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
+from nudgel.api.webhooks.outbox import EVENT_TYPES
 from standardwebhooks.webhooks import Webhook
 from test_api_foundation import assert_problem, bearer
 

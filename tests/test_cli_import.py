@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from nudgel.api.keys import IssuedKey, create_key
+from nudgel.api.keys.store import IssuedKey, create_key
 from test_cli_rules import nudgel
 
 pytestmark = pytest.mark.postgres

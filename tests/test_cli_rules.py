@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from nudgel.api.keys import create_key
+from nudgel.api.keys.store import create_key
 
 pytestmark = pytest.mark.postgres
 

@@ -21,7 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
 from test_api_contacts import drop_workspace, new_key
 from test_api_foundation import bearer, free_port, outbox_types

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nudgel.api.migrate import apply_migrations, available_migrations
+from nudgel.schema.migrate import apply_migrations, available_migrations
 from psycopg import errors, sql
 
 pytestmark = pytest.mark.postgres

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from test_api_contacts import contacts_client, drop_workspace
 from test_api_foundation import bearer
 from test_api_realtime import _key, deploy, drift

@@ -34,9 +34,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
-from nudgel.api.delivery import backoff_seconds, deliver_once, make_worker_pool, run_worker
-from nudgel.api.keys import IssuedKey
+from nudgel.api.keys.store import IssuedKey
 from nudgel.api.settings import Settings
+from nudgel.api.webhooks.delivery import backoff_seconds, deliver_once, make_worker_pool, run_worker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from test_api_foundation import bearer
 

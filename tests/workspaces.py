@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import psycopg
-from nudgel.api.keys import IssuedKey, create_key
+from nudgel.api.keys.store import IssuedKey, create_key
 
 
 def new_key(url: str) -> IssuedKey:

@@ -1,0 +1,38 @@
+"""What every resource router shares: the authenticated connection, base responses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from nudgel.api.db.pool import connection
+from nudgel.api.http.auth import authenticate
+from nudgel.api.http.problems import problem_responses
+from nudgel.api.settings import Settings
+from psycopg import AsyncConnection
+
+__all__ = ["Conn", "resource_router", "settings_of"]
+
+Conn = Annotated[AsyncConnection, Depends(connection)]
+
+
+def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter, dict[str, Any]]:
+    """A router for ``/v1{prefix}``: every route authenticated, documenting 401 and 422.
+
+    422 is listed on every route so that no route falls back to FastAPI's own
+    (non-problem) validation error schema.
+
+    Also returns the OpenAPI tag entry (name and description) for the app.
+    """
+    router = APIRouter(
+        prefix=prefix,
+        tags=[tag],
+        dependencies=[Depends(authenticate)],
+        responses=problem_responses(401, 422),
+    )
+    return router, {"name": tag, "description": description}
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
