@@ -18,11 +18,16 @@ backend (``SqlCompiler.segment_members``) and run as a subquery of the list.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from nudgel.api.contacts.fields import field_types
+from nudgel.api.contacts.models import ContactOut
+from nudgel.api.contacts.views import contact_views
 from nudgel.api.problems import ProblemError, problem_type
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
@@ -31,8 +36,9 @@ from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
 from nudgel.dsl.parser import KEYWORDS
 from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
+from psycopg import AsyncConnection
 
-__all__ = ["SEGMENT", "compile_where"]
+__all__ = ["SEGMENT", "compile_where", "list_contacts"]
 
 SEGMENT = "request_filter"
 FILE = "where"
@@ -92,3 +98,36 @@ def compile_where(expr: str, types: Mapping[str, Type]) -> CompiledQuery:
         end = Span(FILE, 1, 1, 1, 2)
         raise _invalid([SYNTAX(end, message="`where` must be a single condition")])
     return SqlCompiler(rules).segment_members(SEGMENT)
+
+
+async def list_contacts(
+    conn: AsyncConnection,
+    workspace_id: int,
+    where: str | None,
+    starting_after: str | None,
+    limit: int,
+) -> list[ContactOut]:
+    """Up to ``limit`` contacts after id ``starting_after``, in id order, for which
+    ``where`` (a rules-language condition; 422 when it does not check) holds."""
+    params: dict[str, Any] = {
+        "list_ws": workspace_id,
+        "list_after": starting_after,
+        "list_limit": limit,
+    }
+    condition = ""
+    if where is not None:
+        types = await field_types(conn, workspace_id)
+        # Parsing, checking and compiling are CPU work: off the event loop.
+        query = await asyncio.to_thread(compile_where, where, types)
+        # The compiled query's own placeholders (p1.., now, workspace_id) do
+        # not clash with the list_* names.
+        params.update(query.bind(now=time.time_ns() // 1000, workspace_id=workspace_id))
+        condition = f" AND c.id IN ({query.sql})"
+    cur = await conn.execute(
+        "SELECT c.pk FROM contacts c WHERE c.workspace_id = %(list_ws)s"
+        " AND (%(list_after)s::text IS NULL OR c.id > %(list_after)s)"
+        f"{condition} ORDER BY c.id LIMIT %(list_limit)s",
+        params,
+    )
+    pks = [int(r[0]) for r in await cur.fetchall()]
+    return await contact_views(conn, workspace_id, pks)

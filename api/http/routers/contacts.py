@@ -7,12 +7,11 @@ module is the HTTP surface.
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Path, Query, Request
+from nudgel.api.contacts import edits, query
 from nudgel.api.contacts import upsert as upserting
-from nudgel.api.contacts.fields import field_types
 from nudgel.api.contacts.identity import IdentifierError, identifier_problem
 from nudgel.api.contacts.models import (
     ContactDetail,
@@ -21,23 +20,18 @@ from nudgel.api.contacts.models import (
     DeletedContact,
     TagsAdd,
 )
-from nudgel.api.contacts.query import compile_where
-from nudgel.api.contacts.store import add_tags
 from nudgel.api.contacts.views import (
-    contact_views,
     detail_view,
     find_pk,
-    lock_contact,
 )
 from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.routers.common import Conn, resource_router, settings_of
-from nudgel.api.http.writes import PostWriter, RequestTransaction, Writer, replayable
+from nudgel.api.http.writes import PostWriter, Writer, replayable
 from nudgel.api.lists import subscriptions as subscribing
 from nudgel.api.lists import tokens
 from nudgel.api.problems import ProblemError
-from nudgel.api.rules.realtime import Change
 
 
 class ContactList(ListResponse[ContactOut]):
@@ -51,11 +45,6 @@ router, OPENAPI_TAG = resource_router(
 )
 
 IdParam = Annotated[str, Path(description="The contact's id (`con_...`).")]
-
-
-async def _view(tx: RequestTransaction, pk: int) -> ContactOut:
-    views = await contact_views(tx.conn, tx.workspace_id, [pk])
-    return views[0]
 
 
 @router.post(
@@ -115,26 +104,9 @@ WhereParam = Annotated[
 async def list_contacts(
     auth: Auth, conn: Conn, page: PageParams, where: WhereParam = None
 ) -> ContactList:
-    params: dict[str, Any] = {
-        "list_ws": auth.workspace_id,
-        "list_after": page.starting_after,
-        "list_limit": page.fetch,
-    }
-    condition = ""
-    if where is not None:
-        query = compile_where(where, await field_types(conn, auth.workspace_id))
-        # The compiled query's own placeholders (p1.., now, workspace_id) do
-        # not clash with the list_* names.
-        params.update(query.bind(now=time.time_ns() // 1000, workspace_id=auth.workspace_id))
-        condition = f" AND c.id IN ({query.sql})"
-    cur = await conn.execute(
-        "SELECT c.pk FROM contacts c WHERE c.workspace_id = %(list_ws)s"
-        " AND (%(list_after)s::text IS NULL OR c.id > %(list_after)s)"
-        f"{condition} ORDER BY c.id LIMIT %(list_limit)s",
-        params,
+    rows = await query.list_contacts(
+        conn, auth.workspace_id, where, page.starting_after, page.fetch
     )
-    pks = [int(r[0]) for r in await cur.fetchall()]
-    rows = await contact_views(conn, auth.workspace_id, pks)
     data, has_more, cursor = page_of(rows, page, lambda c: c.id)
     return ContactList(data=data, has_more=has_more, next_cursor=cursor)
 
@@ -165,12 +137,7 @@ async def get_contact(contact_id: IdParam, auth: Auth, conn: Conn) -> ContactDet
 )
 async def delete_contact(contact_id: IdParam, writer: Writer) -> object:
     async with writer.transaction() as tx:
-        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
-        # It leaves its segments (segment.exited) before it goes.
-        await tx.forget([pk], "contact.deleted")
-        await tx.conn.execute("DELETE FROM contacts WHERE pk = %s", (pk,))
-        deleted = DeletedContact(id=contact_id)
-        await tx.emit("contact.deleted", deleted.model_dump(mode="json"), pk)
+        deleted = await edits.delete_contact(tx, contact_id)
         return await tx.respond(200, deleted)
 
 
@@ -185,13 +152,8 @@ async def tag_contact(contact_id: IdParam, body: TagsAdd, writer: PostWriter) ->
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
-        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
-        added = await add_tags(tx, pk, body.tags)
-        if added:
-            await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
-            tx.touch(pk, Change("contact.tagged", attributes={"updated_at"}))
-            await tx.emit("contact.tagged", {"id": contact_id, "tags": added}, pk)
-        return await tx.respond(200, await _view(tx, pk))
+        contact = await edits.tag_contact(tx, contact_id, body.tags)
+        return await tx.respond(200, contact)
 
 
 @router.delete(
@@ -207,13 +169,5 @@ async def untag_contact(
     writer: Writer,
 ) -> object:
     async with writer.transaction() as tx:
-        pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
-        cur = await tx.conn.execute(
-            "DELETE FROM contact_tags WHERE contact_pk = %s AND tag = %s", (pk, tag)
-        )
-        if cur.rowcount == 0:
-            raise ProblemError.not_found(f"Tag {tag!r} on contact {contact_id!r}")
-        await tx.conn.execute("UPDATE contacts SET updated_at = now() WHERE pk = %s", (pk,))
-        tx.touch(pk, Change("contact.untagged", tags={tag}, attributes={"updated_at"}))
-        await tx.emit("contact.untagged", {"id": contact_id, "tags": [tag]}, pk)
-        return await tx.respond(200, await _view(tx, pk))
+        contact = await edits.untag_contact(tx, contact_id, tag)
+        return await tx.respond(200, contact)
