@@ -21,6 +21,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from nudgel.api.db.pool import make_pool, pool_of
+from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
 from nudgel.api.http.routers import (
     ROUTERS,
@@ -30,6 +31,7 @@ from nudgel.api.http.routers import (
     history,
     imports,
     jobs,
+    keys,
     lists,
     pages,
     rules,
@@ -143,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    app.add_middleware(LimitsMiddleware, settings=settings)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
     app.include_router(pages.router)  # confirm/unsubscribe pages: not /v1, no key
@@ -182,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         test_clock.OPENAPI_TAG,
         lists.OPENAPI_TAG,
         subscriptions.OPENAPI_TAG,
+        keys.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

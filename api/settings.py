@@ -60,6 +60,44 @@ class Settings(BaseSettings):
     )
 
     # Webhook delivery (nudgel.api.webhooks.delivery).
+    # Databases that say no politely (issue #11): every pooled API connection
+    # has these; jobs set their own per transaction.
+    statement_timeout_ms: int = Field(
+        default=15_000,
+        ge=0,
+        description="Longest a single API statement may run (0: no limit); a `where=` that"
+        " runs longer is a 422 naming this limit.",
+    )
+    idle_in_transaction_timeout_ms: int = Field(
+        default=60_000, ge=0, description="A transaction left idle this long is ended."
+    )
+    workspace_max_connections: int = Field(
+        default=5,
+        ge=1,
+        description="Pooled connections one workspace may hold at once (per server process):"
+        " a busy tenant queues behind itself, not in front of the others.",
+    )
+    # Limits before work: checked before authentication and before parsing.
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body (JSON), in bytes: 413."
+    )
+    max_props_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Largest `props` of one event, as JSON, in bytes."
+    )
+    max_fields_per_request: int = Field(
+        default=200, ge=1, description="Most custom field values one upsert or event may set."
+    )
+    max_field_value_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Largest custom field value, as JSON, in bytes."
+    )
+    # Rate limits per API key (GCRA, shared by every server process through the
+    # database). Benchmarks raise them.
+    rate_limit_per_second: float = Field(
+        default=100.0, gt=0, description="Sustained requests per second per key."
+    )
+    rate_limit_burst: int = Field(
+        default=200, ge=1, description="Requests a key may send at once before being limited."
+    )
     run_worker: bool = Field(
         default=True,
         description="Run the background work (webhook delivery, re-evaluation as time passes)"

@@ -32,6 +32,7 @@ from nudgel.api.lists import subscriptions as subscribing
 from nudgel.api.lists import tokens
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
+from nudgel.cli.workspaces import resolve_workspace, workspace_options
 from nudgel.schema.migrate import apply_migrations
 
 __all__ = ["import_command"]
@@ -41,7 +42,7 @@ SHOWN_REJECTIONS = 10
 
 @click.command(name="import")
 @click.argument("path", metavar="FILE.csv")
-@click.option("--workspace", required=True, help="The workspace's name.")
+@workspace_options
 @click.option("--tag", "tags", multiple=True, help="Add this tag to every contact (repeatable).")
 @click.option(
     "--list",
@@ -60,6 +61,7 @@ SHOWN_REJECTIONS = 10
 def import_command(
     path: str,
     workspace: str,
+    test_mode: bool,
     tags: tuple[str, ...],
     list_name: str | None,
     mapping: str | None,
@@ -89,7 +91,17 @@ def import_command(
             apply_migrations(conn)
         sys.exit(
             asyncio.run(
-                _import(url, settings, binary, path, workspace, columns, tags, list_name, source)
+                _import(
+                    url,
+                    settings,
+                    binary,
+                    path,
+                    (workspace, test_mode),
+                    columns,
+                    tags,
+                    list_name,
+                    source,
+                )
             )
         )
 
@@ -111,7 +123,7 @@ async def _import(
     settings: Settings,
     binary: IO[bytes],
     path: str,
-    workspace: str,
+    workspace: tuple[str, bool],
     mapping: dict[str, str] | None,
     tags: tuple[str, ...],
     list_name: str | None,
@@ -121,11 +133,7 @@ async def _import(
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
-            cur = await conn.execute("SELECT id FROM workspaces WHERE name = %s", (workspace,))
-            row = await cur.fetchone()
-            if row is None:
-                raise click.ClickException(f"no workspace named {workspace!r}")
-            workspace_id = int(row[0])
+            workspace_id = await resolve_workspace(conn, *workspace)
             click.echo(f"staging {path} ...", err=True)
             try:
                 async with conn.transaction():

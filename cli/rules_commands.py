@@ -16,8 +16,8 @@ from nudgel.api.rules.deploy import deploy, verify
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
 from nudgel.cli.rulec import collect_rule_files
+from nudgel.cli.workspaces import resolve_workspace, workspace_options
 from nudgel.dsl.render import render_human
-from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 __all__ = ["rules"]
@@ -26,14 +26,6 @@ __all__ = ["rules"]
 @click.group()
 def rules() -> None:
     """Deploy and verify a workspace's segments, scores and lifecycle."""
-
-
-async def _workspace_id(conn: AsyncConnection, name: str) -> int:
-    cur = await conn.execute("SELECT id FROM workspaces WHERE name = %s", (name,))
-    row = await cur.fetchone()
-    if row is None:
-        raise click.ClickException(f"no workspace named {name!r}")
-    return int(row[0])
 
 
 def _read_sources(paths: tuple[str, ...]) -> dict[str, str]:
@@ -55,20 +47,20 @@ def _pool() -> AsyncConnectionPool:
 
 @rules.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--workspace", required=True, help="The workspace's name.")
-def apply(paths: tuple[str, ...], workspace: str) -> None:
+@workspace_options
+def apply(paths: tuple[str, ...], workspace: str, test_mode: bool) -> None:
     """Compile PATHS (files or folders of .rules) and deploy them; with errors,
     print them like `rulec check` and change nothing (exit 1)."""
     sources = _read_sources(paths)
-    sys.exit(asyncio.run(_apply(sources, workspace)))
+    sys.exit(asyncio.run(_apply(sources, workspace, test_mode)))
 
 
-async def _apply(sources: dict[str, str], workspace: str) -> int:
+async def _apply(sources: dict[str, str], workspace: str, test_mode: bool) -> int:
     pool = _pool()
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
-            workspace_id = await _workspace_id(conn, workspace)
+            workspace_id = await resolve_workspace(conn, workspace, test_mode)
             async with conn.transaction():
                 deployment = await deploy(conn, workspace_id, sources)
         if deployment.diagnostics:
@@ -95,19 +87,19 @@ async def _apply(sources: dict[str, str], workspace: str) -> int:
 
 
 @rules.command(name="verify")
-@click.option("--workspace", required=True, help="The workspace's name.")
-def verify_command(workspace: str) -> None:
+@workspace_options
+def verify_command(workspace: str, test_mode: bool) -> None:
     """Recompute every membership, score and stage with the SQL backend and
     report each difference from the stored real-time state (exit 1 if any)."""
-    sys.exit(asyncio.run(_verify(workspace)))
+    sys.exit(asyncio.run(_verify(workspace, test_mode)))
 
 
-async def _verify(workspace: str) -> int:
+async def _verify(workspace: str, test_mode: bool) -> int:
     pool = _pool()
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
-            workspace_id = await _workspace_id(conn, workspace)
+            workspace_id = await resolve_workspace(conn, workspace, test_mode)
             drifts = await verify(conn, workspace_id)
     finally:
         await pool.close()

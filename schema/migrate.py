@@ -61,8 +61,11 @@ def available_migrations() -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def apply_migrations(conn: psycopg.Connection, schema: str | None = None) -> list[str]:
-    """Apply the pending migrations; return the names applied (empty when up to date).
+def apply_migrations(
+    conn: psycopg.Connection, schema: str | None = None, *, up_to: int | None = None
+) -> list[str]:
+    """Apply the pending migrations (those numbered at most ``up_to``, when given);
+    return the names applied (empty when up to date).
 
     ``conn`` must be idle (no open transaction): each migration gets its own.
     Its autocommit setting is left as it was. With ``schema``, the schema is
@@ -88,6 +91,8 @@ def apply_migrations(conn: psycopg.Connection, schema: str | None = None) -> lis
             """
         )
     for migration in available_migrations():
+        if up_to is not None and migration.version > up_to:
+            break
         with conn.transaction():
             _enter(conn, schema)
             done = conn.execute(

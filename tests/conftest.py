@@ -32,6 +32,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from workspaces import drop_workspace, new_key
 
+# The API tests send far more requests per key than a client would: the rate
+# limit and the per-workspace connection share are tested on their own
+# (tests/test_trust.py), with their own settings. Subprocesses inherit these.
+os.environ.setdefault("NUDGEL_RATE_LIMIT_PER_SECOND", "1000000")
+os.environ.setdefault("NUDGEL_RATE_LIMIT_BURST", "1000000")
+os.environ.setdefault("NUDGEL_WORKSPACE_MAX_CONNECTIONS", "1000")
+
 # Hypothesis profiles: `ci` (default) keeps the whole suite within minutes on two
 # cores; `HYPOTHESIS_PROFILE=long` runs thousands of examples per property.
 settings.register_profile(

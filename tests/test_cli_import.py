@@ -43,7 +43,16 @@ def test_import_prints_counts_and_rejected_rows(
     )
     mapping = '{"E-mail": "email", "Notes": "-"}'
     done = nudgel(
-        migrated_url, "import", str(csv), "--workspace", name, "--tag", "csv", "--mapping", mapping
+        migrated_url,
+        "import",
+        str(csv),
+        "--workspace",
+        name,
+        "--test",
+        "--tag",
+        "csv",
+        "--mapping",
+        mapping,
     )
     assert done.returncode == 0, done.stderr
     assert "4 rows: 1 created, 1 updated, 0 merged, 0 unchanged, 2 rejected" in done.stdout
@@ -64,19 +73,23 @@ def test_a_file_that_cannot_be_imported_exits_1(
     migrated_url: str, tmp_path: Path, workspace: tuple[str, IssuedKey]
 ) -> None:
     name, _ = workspace
-    missing = nudgel(migrated_url, "import", str(tmp_path / "nope.csv"), "--workspace", name)
+    missing = nudgel(
+        migrated_url, "import", str(tmp_path / "nope.csv"), "--workspace", name, "--test"
+    )
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     unknown = tmp_path / "unknown.csv"
     unknown.write_text("email,Company\na@example.com,Acme\n", encoding="utf-8")
-    refused = nudgel(migrated_url, "import", str(unknown), "--workspace", name)
+    refused = nudgel(migrated_url, "import", str(unknown), "--workspace", name, "--test")
     assert refused.returncode == 1 and "'Company'" in refused.stderr
     latin1 = tmp_path / "latin1.csv"
     latin1.write_bytes("email,name\nzoe@example.com,Zo\xeb\n".encode("latin-1"))
-    refused = nudgel(migrated_url, "import", str(latin1), "--workspace", name)
+    refused = nudgel(migrated_url, "import", str(latin1), "--workspace", name, "--test")
     assert refused.returncode == 1 and "not UTF-8" in refused.stderr
     csv = tmp_path / "ok.csv"
     csv.write_text("email\na@example.com\n", encoding="utf-8")
-    no_list = nudgel(migrated_url, "import", str(csv), "--workspace", name, "--list", "nope")
+    no_list = nudgel(
+        migrated_url, "import", str(csv), "--workspace", name, "--test", "--list", "nope"
+    )
     assert no_list.returncode == 1 and "no list 'nope'" in no_list.stderr
     nobody = nudgel(migrated_url, "import", str(unknown), "--workspace", "no-such-workspace")
     assert nobody.returncode == 1 and "no workspace" in nobody.stderr

@@ -52,14 +52,20 @@ def test_apply_backfills_and_verify_finds_drift(migrated_url: str, tmp_path: Pat
 
         bad = tmp_path / "bad.rules"
         bad.write_text("segment broken { fields.plam = 1 }\n")
-        refused = nudgel(migrated_url, "rules", "apply", str(bad), "--workspace", workspace)
+        refused = nudgel(
+            migrated_url, "rules", "apply", str(bad), "--workspace", workspace, "--test"
+        )
         assert refused.returncode == 1, refused.stderr
         assert "bad.rules:1:18: error[E200]: unknown field `plam`" in refused.stderr
 
-        applied = nudgel(migrated_url, "rules", "apply", str(rules), "--workspace", workspace)
+        applied = nudgel(
+            migrated_url, "rules", "apply", str(rules), "--workspace", workspace, "--test"
+        )
         assert applied.returncode == 0, applied.stderr
         assert "deployed version 1" in applied.stdout
-        again = nudgel(migrated_url, "rules", "apply", str(rules), "--workspace", workspace)
+        again = nudgel(
+            migrated_url, "rules", "apply", str(rules), "--workspace", workspace, "--test"
+        )
         assert again.returncode == 0 and "already in force" in again.stdout
 
         with psycopg.connect(migrated_url) as conn:
@@ -74,7 +80,7 @@ def test_apply_backfills_and_verify_finds_drift(migrated_url: str, tmp_path: Pat
         assert files is not None and sorted(files[0]) == ["a.rules", "sub/b.rules"]
         assert members == [("everyone", 5), ("pro", 2)]
 
-        clean = nudgel(migrated_url, "rules", "verify", "--workspace", workspace)
+        clean = nudgel(migrated_url, "rules", "verify", "--workspace", workspace, "--test")
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert "0 differences" in clean.stderr
 
@@ -84,7 +90,7 @@ def test_apply_backfills_and_verify_finds_drift(migrated_url: str, tmp_path: Pat
                 " AND c.id = 'c1' AND m.workspace_id = %s AND m.segment = 'pro'",
                 (issued.workspace_id,),
             )
-        drifted = nudgel(migrated_url, "rules", "verify", "--workspace", workspace)
+        drifted = nudgel(migrated_url, "rules", "verify", "--workspace", workspace, "--test")
         assert drifted.returncode == 1
         assert drifted.stdout.strip() == "c1: segment pro: stored False, expected True"
 

@@ -47,6 +47,7 @@ TABLES = {
     "list_confirmations",
     "service_secrets",
     "schema_migrations",
+    "rate_limits",
 }
 
 

@@ -34,6 +34,7 @@ from nudgel.api.contacts.identity import (
     identifier_problem,
     normalise_blocked,
 )
+from nudgel.api.contacts.limits import check_fields, check_props
 from nudgel.api.contacts.models import DEFAULT_SOURCE, PRINTABLE_TEXT, ContactTraits, Source
 from nudgel.api.contacts.store import UpsertInput, upsert, with_retries
 from nudgel.api.contacts.views import emit_upsert, lock_contact
@@ -244,7 +245,11 @@ def _parse(raw: dict[Kind, str | None], settings: Settings, within: str) -> Iden
 
 
 def event_identifiers(body: EventCreate, settings: Settings) -> Identifiers:
-    """The identifying value and the traits' identifiers, normalised, as one request's."""
+    """The identifying value and the traits' identifiers, normalised, as one request's
+    (and the sizes of its props and traits checked)."""
+    check_props(body.props, settings)
+    if body.traits is not None:
+        check_fields(body.traits.fields, settings, "/traits")
     kind = body.identifying
     ids = (
         _parse({kind: getattr(body, kind)}, settings, "") if kind else Identifiers({}, frozenset())

@@ -28,7 +28,7 @@ from typing import Any
 from nudgel.api.contacts.fields import field_types
 from nudgel.api.contacts.models import ContactOut
 from nudgel.api.contacts.views import contact_views
-from nudgel.api.problems import ProblemError, problem_type
+from nudgel.api.problems import FieldError, ProblemError, problem_type
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import check_sources
@@ -36,7 +36,7 @@ from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
 from nudgel.dsl.parser import KEYWORDS
 from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
 
 __all__ = ["SEGMENT", "compile_where", "list_contacts"]
 
@@ -100,6 +100,21 @@ def compile_where(expr: str, types: Mapping[str, Type]) -> CompiledQuery:
     return SqlCompiler(rules).segment_members(SEGMENT)
 
 
+def _too_slow(where: str) -> ProblemError:
+    detail = (
+        "where= ran longer than the service allows for one query (NUDGEL_STATEMENT_TIMEOUT_MS):"
+        " make the condition more selective (a tag, a field, a shorter window), or deploy it"
+        " as a segment and list its members."
+    )
+    return ProblemError(
+        422,
+        "Query too slow",
+        detail,
+        type_=problem_type("query-timeout"),
+        errors=[FieldError(location="query", pointer="/where", detail=detail, code="timeout")],
+    )
+
+
 async def list_contacts(
     conn: AsyncConnection,
     workspace_id: int,
@@ -123,11 +138,16 @@ async def list_contacts(
         # not clash with the list_* names.
         params.update(query.bind(now=time.time_ns() // 1000, workspace_id=workspace_id))
         condition = f" AND c.id IN ({query.sql})"
-    cur = await conn.execute(
-        "SELECT c.pk FROM contacts c WHERE c.workspace_id = %(list_ws)s"
-        " AND (%(list_after)s::text IS NULL OR c.id > %(list_after)s)"
-        f"{condition} ORDER BY c.id LIMIT %(list_limit)s",
-        params,
-    )
+    try:
+        cur = await conn.execute(
+            "SELECT c.pk FROM contacts c WHERE c.workspace_id = %(list_ws)s"
+            " AND (%(list_after)s::text IS NULL OR c.id > %(list_after)s)"
+            f"{condition} ORDER BY c.id LIMIT %(list_limit)s",
+            params,
+        )
+    except errors.QueryCanceled:
+        if where is None:
+            raise
+        raise _too_slow(where) from None
     pks = [int(r[0]) for r in await cur.fetchall()]
     return await contact_views(conn, workspace_id, pks)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from nudgel.api.contacts.fields import field_types, stored_fields_json
 from nudgel.api.contacts.identity import Identifiers, normalise_blocked
+from nudgel.api.contacts.limits import check_fields
 from nudgel.api.contacts.models import ContactOut, ContactUpsert
 from nudgel.api.contacts.store import UpsertInput, upsert, with_retries
 from nudgel.api.contacts.views import contact_views, emit_upsert
@@ -65,6 +66,7 @@ async def upsert_contact(
     caller gets it outside the transaction, so a new key is kept whatever
     happens to this one).
     """
+    check_fields(body.fields, settings)
     fields_json = stored_fields_json(body.fields, await field_types(tx.conn, tx.workspace_id))
     req = UpsertInput(
         identifiers=identifiers,

@@ -19,6 +19,15 @@ from psycopg_pool import AsyncConnectionPool
 __all__ = ["connection", "make_pool", "pool_of"]
 
 
+def _session_options(settings: Settings) -> str:
+    """Server limits of every API connection: no statement runs, and no
+    transaction idles, past its bound (jobs raise them per transaction)."""
+    return (
+        f"-c statement_timeout={settings.statement_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
+    )
+
+
 def make_pool(url: str, settings: Settings) -> AsyncConnectionPool:
     """A pool, not yet open (``await pool.open(wait=True)``)."""
     return AsyncConnectionPool(
@@ -26,7 +35,7 @@ def make_pool(url: str, settings: Settings) -> AsyncConnectionPool:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "options": _session_options(settings)},
         open=False,
         name="nudgel",
     )

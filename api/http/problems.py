@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nudgel.api.problems import PROBLEM_JSON, FieldError, ProblemError, problem_type
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["install_problem_handlers", "problem_response", "problem_responses", "validation_errors"]
@@ -161,6 +162,29 @@ async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The pool had no connection in time, or the database went away (a
+    # restart): the client retries; the pool reconnects on its own.
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        detail = (
+            "The request's query ran longer than the service allows"
+            " (NUDGEL_STATEMENT_TIMEOUT_MS); retry, or ask for less."
+        )
+    elif isinstance(exc, PoolTimeout):
+        detail = "Every database connection is busy; retry shortly."
+    else:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        detail = "The database cannot be reached; retry shortly."
+    return problem_response(
+        request,
+        503,
+        "Service Unavailable",
+        detail,
+        type_=problem_type("unavailable"),
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged with its traceback; the client learns nothing about internals.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -174,6 +198,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(psycopg.DataError, _on_data_error)
+    app.add_exception_handler(PoolTimeout, _on_unavailable)
+    app.add_exception_handler(psycopg.OperationalError, _on_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -182,7 +208,11 @@ _DESCRIPTIONS = {
     401: "Missing, malformed, unknown or revoked API key.",
     404: "The object does not exist in this workspace.",
     409: "Conflict: the object exists already, or a request with this Idempotency-Key is still in flight.",
+    403: "The key is restricted (read, write or ingest scopes) and this operation is outside them.",
+    413: "The request body is larger than the service accepts (`NUDGEL_MAX_BODY_BYTES`).",
     422: "Invalid request: `errors` lists each invalid input; also an Idempotency-Key reused with other parameters.",
+    429: "Rate limited: this key sent too many requests; `Retry-After` says when to retry.",
+    503: "Busy or the database is unreachable: retry after `Retry-After` seconds.",
 }
 
 

@@ -22,9 +22,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
-from nudgel.api.db.pool import connection
 from nudgel.api.http import idempotency
-from nudgel.api.http.auth import Auth
+from nudgel.api.http.auth import Auth, tenant_connection
 from nudgel.api.transaction import Transaction
 from psycopg import AsyncConnection
 from pydantic import BaseModel
@@ -119,7 +118,7 @@ IdempotencyKeyHeader = Annotated[
 async def _post_writer(
     request: Request,
     auth: Auth,
-    conn: Annotated[AsyncConnection, Depends(connection)],
+    conn: Annotated[AsyncConnection, Depends(tenant_connection)],
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> WriteContext:
     return WriteContext(request, conn, auth.workspace_id, idempotency_key)
@@ -128,7 +127,7 @@ async def _post_writer(
 async def _writer(
     request: Request,
     auth: Auth,
-    conn: Annotated[AsyncConnection, Depends(connection)],
+    conn: Annotated[AsyncConnection, Depends(tenant_connection)],
 ) -> WriteContext:
     return WriteContext(request, conn, auth.workspace_id, None)
 

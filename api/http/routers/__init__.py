@@ -10,6 +10,7 @@ from nudgel.api.http.routers import (
     history,
     imports,
     jobs,
+    keys,
     lists,
     rules,
     segments,
@@ -35,4 +36,5 @@ ROUTERS: list[APIRouter] = [
     test_clock.router,
     lists.router,
     subscriptions.router,
+    keys.router,
 ]

@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from nudgel.api.db.pool import connection
-from nudgel.api.http.auth import authenticate
+from nudgel.api.http.auth import authenticate, tenant_connection
 from nudgel.api.http.problems import problem_responses
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
 
 __all__ = ["Conn", "resource_router", "settings_of"]
 
-Conn = Annotated[AsyncConnection, Depends(connection)]
+Conn = Annotated[AsyncConnection, Depends(tenant_connection)]
 
 
 def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter, dict[str, Any]]:
     """A router for ``/v1{prefix}``: every route authenticated, documenting 401 and 422.
 
     422 is listed on every route so that no route falls back to FastAPI's own
-    (non-problem) validation error schema.
+    (non-problem) validation error schema; 403 (a restricted key), 413 (body
+    cap), 429 (rate limit) and 503 (busy) can answer any route.
 
     Also returns the OpenAPI tag entry (name and description) for the app.
     """
@@ -28,7 +28,7 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
         prefix=prefix,
         tags=[tag],
         dependencies=[Depends(authenticate)],
-        responses=problem_responses(401, 422),
+        responses=problem_responses(401, 403, 413, 422, 429, 503),
     )
     return router, {"name": tag, "description": description}
 
