@@ -50,8 +50,14 @@ SERVER = """
 import sys, uvicorn
 from nudgel.api.app import create_app
 from nudgel.api.settings import Settings
-url, port, pool = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-settings = Settings(database_url=url, run_worker=False, pool_min_size=pool, pool_max_size=pool)
+url, port, pool, limits = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+# Throughput benches are one client: no rate limit or workspace share, unless
+# the bench is about those limits (bench/isolation.py).
+unlimited = {} if limits else dict(
+    rate_limit_per_second=1e9, rate_limit_burst=10**9, workspace_max_connections=pool
+)
+settings = Settings(database_url=url, run_worker=False, pool_min_size=pool, pool_max_size=pool,
+                    **unlimited)
 uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
             access_log=False)
 """
@@ -83,13 +89,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(url: str, pool: int) -> Iterator[tuple[str, int]]:
-    """The service on a free port (migrations applied at startup): its base URL and pid."""
+def served(url: str, pool: int, *, limits: bool = False) -> Iterator[tuple[str, int]]:
+    """The service on a free port (migrations applied at startup): its base URL and pid.
+    With ``limits``, the service's default rate limits and workspace share apply."""
     port = free_port()
     # Not the repository root as the working directory: the editable install
     # maps nudgel.* to the sources, and `python -c` puts the cwd first.
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, url, str(port), str(pool)], cwd=os.path.dirname(__file__)
+        [sys.executable, "-c", SERVER, url, str(port), str(pool), "1" if limits else "0"],
+        cwd=os.path.dirname(__file__),
     )
     base = f"http://127.0.0.1:{port}"
     try:

