@@ -10,24 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from nudgel.api.contacts.definitions import Definitions
 from nudgel.api.contacts.fields import field_types
+from nudgel.api.db.rows import fetch_one
 from nudgel.api.problems import ProblemError
 from nudgel.api.rules.store import compile_for_workspace, current_rules
 from nudgel.api.transaction import Transaction
 from nudgel.dsl.parser import KEYWORDS
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-__all__ = [
-    "DeletedField",
-    "FieldCreate",
-    "FieldDefinition",
-    "create_field",
-    "delete_field",
-    "get_field",
-    "list_fields",
-]
+__all__ = ["FIELDS", "DeletedField", "FieldCreate", "FieldDefinition", "delete_field"]
 
 FieldType = Literal["text", "number", "bool", "date", "timestamp", "email", "url", "json"]
 # An identifier of the rules language, so `fields.NAME` can name it.
@@ -69,50 +62,8 @@ class DeletedField(BaseModel):
     deleted: Literal[True] = True
 
 
-def _not_found(name: str) -> ProblemError:
-    return ProblemError.not_found(f"Field {name!r}")
-
-
-async def create_field(tx: Transaction, body: FieldCreate) -> FieldDefinition:
-    """Define the field (409 if it exists); ``field.created``."""
-    cur = tx.conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "INSERT INTO field_definitions (workspace_id, name, type) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING name, type, created_at",
-        (tx.workspace_id, body.name, body.type),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise ProblemError.conflict(f"Field {body.name!r} exists already.")
-    field = FieldDefinition.model_validate(row)
-    await tx.emit("field.created", field.model_dump(mode="json"))
-    return field
-
-
-async def list_fields(
-    conn: AsyncConnection, workspace_id: int, starting_after: str | None, limit: int
-) -> list[FieldDefinition]:
-    """Up to ``limit`` fields named after ``starting_after``, in name order."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "SELECT name, type, created_at FROM field_definitions"
-        " WHERE workspace_id = %s AND (%s::text IS NULL OR name > %s) ORDER BY name LIMIT %s",
-        (workspace_id, starting_after, starting_after, limit),
-    )
-    return [FieldDefinition.model_validate(r) for r in await cur.fetchall()]
-
-
-async def get_field(conn: AsyncConnection, workspace_id: int, name: str) -> FieldDefinition:
-    """The field ``name`` (404 if it is not defined)."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "SELECT name, type, created_at FROM field_definitions WHERE workspace_id = %s AND name = %s",
-        (workspace_id, name),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise _not_found(name)
-    return FieldDefinition.model_validate(row)
+# Create (``field.created``), list, get.
+FIELDS = Definitions("field", "field_definitions", FieldDefinition, ("name", "type", "created_at"))
 
 
 async def _refuse_if_rules_read(conn: AsyncConnection, workspace_id: int, name: str) -> None:
@@ -136,14 +87,14 @@ async def delete_field(tx: Transaction, name: str) -> DeletedField:
     """Drop the definition (404 if none; 409 while the deployed rules read it);
     contacts keep their values. ``field.deleted``."""
     await _refuse_if_rules_read(tx.conn, tx.workspace_id, name)
-    cur = tx.conn.cursor(row_factory=dict_row)
-    await cur.execute(
+    field = await fetch_one(
+        tx.conn,
+        FieldDefinition,
         "DELETE FROM field_definitions WHERE workspace_id = %s AND name = %s"
         " RETURNING name, type, created_at",
         (tx.workspace_id, name),
     )
-    row = await cur.fetchone()
-    if row is None:
-        raise _not_found(name)
-    await tx.emit("field.deleted", FieldDefinition.model_validate(row).model_dump(mode="json"))
+    if field is None:
+        raise FIELDS.not_found(name)
+    await tx.emit("field.deleted", field.model_dump(mode="json"))
     return DeletedField(name=name)

@@ -11,7 +11,12 @@ from typing import Annotated
 
 from fastapi import Path, status
 from nudgel.api.contacts import field_definitions
-from nudgel.api.contacts.field_definitions import DeletedField, FieldCreate, FieldDefinition
+from nudgel.api.contacts.field_definitions import (
+    FIELDS,
+    DeletedField,
+    FieldCreate,
+    FieldDefinition,
+)
 from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
@@ -39,15 +44,13 @@ async def create_field(body: FieldCreate, writer: PostWriter) -> object:
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
-        field = await field_definitions.create_field(tx, body)
+        field = await FIELDS.create(tx, body)
         return await tx.respond(201, field)
 
 
 @router.get("", response_model=FieldList, summary="List fields", responses=problem_responses(422))
 async def list_fields(auth: Auth, conn: Conn, page: PageParams) -> FieldList:
-    rows = await field_definitions.list_fields(
-        conn, auth.workspace_id, page.starting_after, page.fetch
-    )
+    rows = await FIELDS.page(conn, auth.workspace_id, page.starting_after, page.fetch)
     data, has_more, cursor = page_of(rows, page, lambda f: f.name)
     return FieldList(data=data, has_more=has_more, next_cursor=cursor)
 
@@ -62,7 +65,7 @@ NameParam = Annotated[str, Path(description="The field's name.")]
     responses=problem_responses(404),
 )
 async def get_field(name: NameParam, auth: Auth, conn: Conn) -> FieldDefinition:
-    return await field_definitions.get_field(conn, auth.workspace_id, name)
+    return await FIELDS.get(conn, auth.workspace_id, name)
 
 
 @router.delete(
