@@ -24,11 +24,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Definitions(Generic[Model]):
+    # Lower case: events are `KIND.created`, problems name a `Kind 'NAME'`.
     kind: str
-    """Lower case: events are ``KIND.created``, problems name a ``Kind 'NAME'``."""
     table: str
+    # The API's view of one, built from `columns` (each one of its fields).
     model: type[Model]
-    """The API's view of one; ``columns`` are its fields."""
     columns: tuple[str, ...]
 
     def _query(self, template: str, **parts: sql.Composable) -> sql.Composed:
