@@ -92,3 +92,16 @@ class ProblemError(Exception):
     @classmethod
     def conflict(cls, detail: str) -> ProblemError:
         return cls(409, "Conflict", detail, type_=problem_type("conflict"))
+
+    @classmethod
+    def invalid(
+        cls, title: str, detail: str, *, location: str, pointer: str, code: str
+    ) -> ProblemError:
+        """A 422 about one input: ``detail`` is also its ``errors`` entry."""
+        return cls(
+            422,
+            title,
+            detail,
+            type_=problem_type("validation"),
+            errors=[FieldError(location=location, pointer=pointer, detail=detail, code=code)],
+        )

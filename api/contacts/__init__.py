@@ -1,2 +1,2 @@
-"""Contacts: identifiers and their normalisation, the store (upsert, merge, locks),
-custom fields, views as the API shows them, and ``where=`` queries."""
+"""Contacts: identifiers and their normalisation, the store (upsert, merge, locks), field
+and tag definitions, custom field values, views as the API shows them, ``where=`` queries."""

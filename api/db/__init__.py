@@ -1,2 +1,2 @@
-"""Database: the connection pool and how handlers get a connection, and the
+"""Database: the connection pool and how handlers get a connection, rows as models, and the
 embedded PostgreSQL that starts when ``DATABASE_URL`` is unset."""
