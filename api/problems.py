@@ -95,13 +95,21 @@ class ProblemError(Exception):
 
     @classmethod
     def invalid(
-        cls, title: str, detail: str, *, location: str, pointer: str, code: str
+        cls,
+        title: str,
+        detail: str,
+        *,
+        location: str,
+        pointer: str,
+        code: str,
+        kind: str = "validation",
     ) -> ProblemError:
-        """A 422 about one input: ``detail`` is also its ``errors`` entry."""
+        """A 422 about one input: ``detail`` is also its ``errors`` entry; ``kind``
+        names the problem type."""
         return cls(
             422,
             title,
             detail,
-            type_=problem_type("validation"),
+            type_=problem_type(kind),
             errors=[FieldError(location=location, pointer=pointer, detail=detail, code=code)],
         )

@@ -12,19 +12,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nudgel.api.problems import FieldError, ProblemError, problem_type
+from nudgel.api.problems import ProblemError
 from nudgel.api.settings import Settings
 
 __all__ = ["check_fields", "check_props"]
 
 
 def _too_large(pointer: str, detail: str) -> ProblemError:
-    return ProblemError(
-        422,
-        "Too large",
-        detail,
-        type_=problem_type("too-large"),
-        errors=[FieldError(location="body", pointer=pointer, detail=detail, code="too_large")],
+    return ProblemError.invalid(
+        "Too large", detail, location="body", pointer=pointer, code="too_large", kind="too-large"
     )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from nudgel.api.contacts.fields import field_types
 from nudgel.api.contacts.models import ContactOut
 from nudgel.api.contacts.views import contact_views
-from nudgel.api.problems import FieldError, ProblemError, problem_type
+from nudgel.api.problems import ProblemError, problem_type
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
 from nudgel.dsl.checker import check_sources
@@ -106,12 +106,13 @@ def _too_slow(where: str) -> ProblemError:
         " make the condition more selective (a tag, a field, a shorter window), or deploy it"
         " as a segment and list its members."
     )
-    return ProblemError(
-        422,
+    return ProblemError.invalid(
         "Query too slow",
         detail,
-        type_=problem_type("query-timeout"),
-        errors=[FieldError(location="query", pointer="/where", detail=detail, code="timeout")],
+        location="query",
+        pointer="/where",
+        code="timeout",
+        kind="query-timeout",
     )
 
 

@@ -101,18 +101,18 @@ def _key(info: KeyInfo) -> Key:
 
 
 def _created(issued: store.IssuedKey) -> KeyCreated:
-    return KeyCreated(
-        id=store.key_id_text(issued.id),
-        mode=issued.mode,
-        prefix=issued.prefix,
-        name=issued.name,
-        scopes=list(issued.scopes) if issued.scopes else None,
-        created_at=datetime.now(UTC),
-        last_used_at=None,
-        expires_at=issued.expires_at,
-        revoked_at=None,
-        secret=issued.secret,
+    info = KeyInfo(
+        issued.id,
+        issued.mode,
+        issued.prefix,
+        issued.name,
+        issued.scopes,
+        datetime.now(UTC),
+        None,
+        issued.expires_at,
+        None,
     )
+    return KeyCreated(**_key(info).model_dump(), secret=issued.secret)
 
 
 def _key_number(text: str | None, pointer: str, location: str = "path") -> int | None:
@@ -122,13 +122,12 @@ def _key_number(text: str | None, pointer: str, location: str = "path") -> int |
     if match is None:
         if location == "path":
             raise ProblemError.not_found(f"Key {text!r}")
-        detail = f"{text!r} is not a key id (`key_...`)."
-        raise ProblemError(
-            422,
+        raise ProblemError.invalid(
             "Invalid cursor",
-            detail,
-            type_=problem_type("validation"),
-            errors=[FieldError(location=location, pointer=pointer, detail=detail, code="invalid")],
+            f"{text!r} is not a key id (`key_...`).",
+            location=location,
+            pointer=pointer,
+            code="invalid",
         )
     return int(match.group(1))
 
