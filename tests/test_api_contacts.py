@@ -246,7 +246,13 @@ def test_blocked_values_never_match(client: TestClient, key: IssuedKey) -> None:
     [
         ({"email": "a@example.com", "fields": {"ltv": "a lot"}}, "/fields/ltv", ["ltv", "number"]),
         ({"email": "a@example.com", "fields": {"plan": 3}}, "/fields/plan", ["plan", "text"]),
-        ({"email": "a@example.com", "fields": {"nope": 1}}, "/fields/nope", ["nope"]),
+        # Unknown fields are created on first write (#12), unless the name cannot be one.
+        (
+            {"email": "a@example.com", "fields": {"Not-A-Name": 1}},
+            "/fields/Not-A-Name",
+            ["identifier"],
+        ),
+        ({"email": "a@example.com", "fields": {"segment": 1}}, "/fields/segment", ["keyword"]),
         ({"email": "not an email"}, "/email", ["email"]),
         ({"email": "a@b"}, "/email", ["email"]),
         ({"phone": "12"}, "/phone", ["phone"]),

@@ -254,7 +254,7 @@ def test_traits_joining_two_external_ids_are_409_and_write_nothing(
     ("body", "pointer"),
     [
         ({"email": "a@example.com", "traits": {"fields": {"ltv": "lots"}}}, "/traits/fields/ltv"),
-        ({"email": "a@example.com", "traits": {"fields": {"nope": 1}}}, "/traits/fields/nope"),
+        ({"email": "a@example.com", "traits": {"fields": {"No": 1}}}, "/traits/fields/No"),
         ({"email": "a@example.com", "traits": {"phone": "not a phone"}}, "/traits/phone"),
         ({"email": "a@example.com", "traits": {"email": "nope"}}, "/traits/email"),
         ({"email": "a@example.com", "traits": {"email": "b@example.com"}}, "/traits/email"),

@@ -25,7 +25,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from nudgel.api.contacts.fields import field_types, stored_fields_json
+from nudgel.api.contacts.fields import fields_for_write
 from nudgel.api.contacts.identity import (
     KINDS,
     IdentifierError,
@@ -286,8 +286,7 @@ async def record_event(tx: Transaction, body: EventCreate, identifiers: Identifi
         return await insert_event(tx, pk, body)
     fields_json = "{}"
     if traits is not None and traits.fields:
-        types = await field_types(tx.conn, tx.workspace_id)
-        fields_json = stored_fields_json(traits.fields, types, "/traits")
+        fields_json = (await fields_for_write(tx, traits.fields, "/traits")).fields_json
     req = UpsertInput(
         identifiers=identifiers,
         name=traits.name if traits is not None else None,

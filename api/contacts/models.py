@@ -15,6 +15,7 @@ __all__ = [
     "ContactTag",
     "ContactTraits",
     "ContactUpsert",
+    "CreatedField",
     "DeletedContact",
     "ListName",
     "Origin",
@@ -24,6 +25,7 @@ __all__ = [
     "Subscription",
     "TagName",
     "TagsAdd",
+    "UpsertedContact",
 ]
 
 Identifier = Annotated[str, StringConstraints(max_length=320)]
@@ -161,6 +163,21 @@ class ContactOut(BaseModel):
     subscriptions: list[Subscription]
     created_at: datetime | None
     updated_at: datetime | None
+
+
+class CreatedField(BaseModel):
+    object: Literal["field"] = "field"
+    name: str
+    type: str
+    created_at: datetime
+
+
+class UpsertedContact(ContactOut):
+    created_fields: list[CreatedField] = Field(
+        default_factory=list,
+        description="Custom fields this write created because the workspace had not defined"
+        " them (type inferred from the value; each also a `field.created` event).",
+    )
 
 
 class Origin(BaseModel):

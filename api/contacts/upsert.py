@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nudgel.api.contacts.fields import field_types, stored_fields_json
+from nudgel.api.contacts.fields import FieldWrite, fields_for_write
 from nudgel.api.contacts.identity import Identifiers, normalise_blocked
 from nudgel.api.contacts.limits import check_fields
-from nudgel.api.contacts.models import ContactOut, ContactUpsert
+from nudgel.api.contacts.models import ContactOut, ContactUpsert, UpsertedContact
 from nudgel.api.contacts.store import UpsertInput, upsert, with_retries
 from nudgel.api.contacts.views import contact_views, emit_upsert
 from nudgel.api.lists import subscriptions
@@ -30,7 +30,7 @@ __all__ = ["Upserted", "identifiers_of", "upsert_contact"]
 @dataclass(frozen=True, slots=True)
 class Upserted:
     status: int  # 201 created, 200 updated or merged
-    contact: ContactOut
+    contact: UpsertedContact
     outgoing: list[subscriptions.Outgoing]  # confirmation emails, to send after commit
 
 
@@ -47,6 +47,10 @@ def identifiers_of(body: ContactUpsert, settings: Settings) -> Identifiers:
         region,
         normalise_blocked(settings.blocked_identifiers, region),
     )
+
+
+def _with_created(contact: ContactOut, written: FieldWrite) -> UpsertedContact:
+    return UpsertedContact(**contact.model_dump(), created_fields=written.created)
 
 
 def _subscription_pointer(name: str) -> str:
@@ -67,13 +71,13 @@ async def upsert_contact(
     happens to this one).
     """
     check_fields(body.fields, settings)
-    fields_json = stored_fields_json(body.fields, await field_types(tx.conn, tx.workspace_id))
+    written = await fields_for_write(tx, body.fields)
     req = UpsertInput(
         identifiers=identifiers,
         name=body.name,
         push_tokens=body.push_tokens,
         tags=body.tags,
-        fields_json=fields_json,
+        fields_json=written.fields_json,
         source=body.source,
     )
 
@@ -83,7 +87,7 @@ async def upsert_contact(
         result = await upsert(tx, req)
         contact = await emit_upsert(tx, result)
         if not body.subscriptions:
-            return Upserted(result.status, contact, [])
+            return Upserted(result.status, _with_created(contact, written), [])
         # After the contact's own events: list.* never precede contact.created.
         outgoing = await subscriptions.apply(
             tx,
@@ -96,6 +100,6 @@ async def upsert_contact(
             pointer=_subscription_pointer,
         )
         views = await contact_views(tx.conn, tx.workspace_id, [result.pk])
-        return Upserted(result.status, views[0], outgoing)
+        return Upserted(result.status, _with_created(views[0], written), outgoing)
 
     return await with_retries(tx.conn, attempt)

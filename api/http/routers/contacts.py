@@ -19,6 +19,7 @@ from nudgel.api.contacts.models import (
     ContactUpsert,
     DeletedContact,
     TagsAdd,
+    UpsertedContact,
 )
 from nudgel.api.contacts.views import (
     detail_view,
@@ -49,7 +50,7 @@ IdParam = Annotated[str, Path(description="The contact's id (`con_...`).")]
 
 @router.post(
     "",
-    response_model=ContactOut,
+    response_model=UpsertedContact,
     summary="Create or update a contact",
     description=(
         "Finds the contact by any of its identifiers (email, phone, whatsapp_id, external_id)."
@@ -58,11 +59,15 @@ IdParam = Annotated[str, Path(description="The contact's id (`con_...`).")]
         " external ids never merge (409). Blocked identifiers are stored but never matched."
         " Each value the request changes records `source` (default `api`) and the time as its"
         " origin (`origins` on the contact's detail). `subscriptions` sets the contact's"
-        " status on lists, as `POST /v1/contacts/{id}/subscriptions` does."
+        " status on lists, as `POST /v1/contacts/{id}/subscriptions` does. A custom field the"
+        " workspace has not defined is created with the type of its value (string: text,"
+        " number, boolean: bool, object or array: json) and listed in `created_fields`, unless"
+        " the workspace refuses unknown fields (`fields_strict`). Typed fields are validated:"
+        " email, url (http/https), date and timestamp (RFC 3339)."
     ),
     responses={
         **replayable(200),
-        201: {"description": "Created.", "model": ContactOut},
+        201: {"description": "Created.", "model": UpsertedContact},
         **problem_responses(409, 422),
     },
 )
