@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from nudgel.api.contacts.fields import FieldWrite, fields_for_write
 from nudgel.api.contacts.identity import Identifiers, normalise_blocked
 from nudgel.api.contacts.limits import check_fields
-from nudgel.api.contacts.models import ContactOut, ContactUpsert, UpsertedContact
+from nudgel.api.contacts.models import ContactOut, ContactUpsert, CreatedField, UpsertedContact
 from nudgel.api.contacts.store import UpsertInput, upsert, with_retries
 from nudgel.api.contacts.views import contact_views, emit_upsert
 from nudgel.api.lists import subscriptions
@@ -50,7 +50,8 @@ def identifiers_of(body: ContactUpsert, settings: Settings) -> Identifiers:
 
 
 def _with_created(contact: ContactOut, written: FieldWrite) -> UpsertedContact:
-    return UpsertedContact(**contact.model_dump(), created_fields=written.created)
+    created = [CreatedField.model_validate(field) for field in written.created]
+    return UpsertedContact(**contact.model_dump(), created_fields=created)
 
 
 def _subscription_pointer(name: str) -> str:
