@@ -1261,6 +1261,41 @@ def json_text(value: Any) -> str:
 # ---- queries -------------------------------------------------------------------------------
 
 
+def _stored_membership(visitor: _Visitor, segment: str) -> exp.Expr:
+    member = (
+        exp.select(exp.Literal.number(1))
+        .from_(exp.table_("segment_members", alias="sm"))
+        .where(
+            _and(
+                [
+                    _binary(exp.EQ, _col("sm", "workspace_id"), _col("c", "workspace_id")),
+                    _binary(exp.EQ, _col("sm", "segment"), visitor.text(segment)),
+                    _binary(exp.EQ, _col("sm", "contact_pk"), _col("c", "pk")),
+                ]
+            )
+        )
+    )
+    return exp.Exists(this=member)
+
+
+def _stored_score(visitor: _Visitor, score: str, whole: bool) -> exp.Expr:
+    value = (
+        exp.select(_col("cs", "value"))
+        .from_(exp.table_("contact_scores", alias="cs"))
+        .where(
+            _and(
+                [
+                    _binary(exp.EQ, _col("cs", "contact_pk"), _col("c", "pk")),
+                    _binary(exp.EQ, _col("cs", "score"), visitor.text(score)),
+                ]
+            )
+        )
+    )
+    # A contact without a row has the score 0 (the service stores no zeros).
+    stored = exp.Coalesce(this=_subquery(value), expressions=[exp.Literal.number(0)])
+    return _cast(stored, "bigint") if whole else stored
+
+
 def _contacts(*outputs: exp.Expr) -> exp.Select:
     return exp.select(*outputs).from_(exp.table_("contacts", alias="c"))
 
@@ -1319,6 +1354,27 @@ class SqlCompiler:
         condition = visitor.segment(name)
         # Top-level conjuncts stay separate quals: PostgreSQL orders them by
         # cost (subqueries last) and turns a top-level EXISTS into a semi-join.
+        where = _and([_in_workspace(params), *_conjuncts(condition.expr)])
+        select = _contacts(_col("c", "id")).where(where)
+        return self._finish(select, params, (ID,))
+
+    def segment_members_over_stored_state(self, name: str) -> CompiledQuery:
+        """:meth:`segment_members` of ``name``, reading every other segment's
+        membership, every score and the stage from the service's stored state
+        (``segment_members``, ``contact_scores``, ``contacts.stage``) instead of
+        computing them: what a ``where=`` filter over deployed rules means."""
+        self._need("segment", name)
+        visitor, params = self._visitor()
+        for other in self.rules.segments:
+            if other != name:
+                visitor.bound[("segment", other)] = _stored_membership(visitor, other)
+        for score in self.rules.scores:
+            visitor.bound[("score", score)] = _stored_score(
+                visitor, score, integral_score(self.rules.scores[score])
+            )
+        if self.rules.lifecycle is not None:
+            visitor.bound[("lifecycle", "")] = visitor.prior_rank()
+        condition = visitor.segment(name)
         where = _and([_in_workspace(params), *_conjuncts(condition.expr)])
         select = _contacts(_col("c", "id")).where(where)
         return self._finish(select, params, (ID,))

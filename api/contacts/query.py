@@ -19,6 +19,7 @@ backend (``SqlCompiler.segment_members``) and run as a subquery of the list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -29,11 +30,10 @@ from nudgel.api.contacts.fields import field_types
 from nudgel.api.contacts.models import ContactOut
 from nudgel.api.contacts.views import contact_views
 from nudgel.api.problems import ProblemError, problem_type
+from nudgel.api.rules.store import compile_for_workspace, current_rules
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
-from nudgel.dsl.checker import check_sources
-from nudgel.dsl.diagnostics import SYNTAX, Diagnostic
-from nudgel.dsl.parser import KEYWORDS
+from nudgel.dsl.diagnostics import SYNTAX, Diagnostic, InternalError
 from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
 from psycopg import AsyncConnection, errors
@@ -44,12 +44,8 @@ SEGMENT = "request_filter"
 FILE = "where"
 
 
-def _source(expr: str, types: Mapping[str, Type]) -> str:
-    # Keyword-named definitions (refused by the API today) cannot be named by rules.
-    fields = "".join(
-        f"field {name}: {t.value}\n" for name, t in sorted(types.items()) if name not in KEYWORDS
-    )
-    return f"segment {SEGMENT} {{\n{expr}\n}}\n{fields}"
+def _source(expr: str) -> str:
+    return f"segment {SEGMENT} {{\n{expr}\n}}\n"
 
 
 def _into_expr(diagnostic: Diagnostic, expr: str) -> Diagnostic | None:
@@ -80,24 +76,47 @@ def _invalid(diagnostics: list[Diagnostic]) -> ProblemError:
     )
 
 
-def compile_where(expr: str, types: Mapping[str, Type]) -> CompiledQuery:
-    """The segment query of EXPR; a 422 problem carrying the diagnostics when it has errors."""
-    result = check_sources({FILE: _source(expr, types)})
-    mapped = [m for d in result.diagnostics if (m := _into_expr(d, expr)) is not None]
-    if result.has_errors or result.rules is None:
-        raise _invalid([d for d in mapped if d.is_error] or mapped)
+@functools.lru_cache(maxsize=256)
+def _compile_cached(
+    expr: str, types: tuple[tuple[str, Type], ...], deployed: tuple[tuple[str, str], ...]
+) -> CompiledQuery:
+    files = dict(deployed)
+    result = compile_for_workspace({**files, FILE: _source(expr)}, dict(types))
+    mine = [d for d in result.diagnostics if d.span.file == FILE]
+    mapped = [m for d in mine if (m := _into_expr(d, expr)) is not None]
+    if result.rules is None or any(d.is_error for d in result.diagnostics):
+        errors = [d for d in mapped if d.is_error]
+        if not errors:
+            raise InternalError(f"the deployed rules do not check with where={expr!r}")
+        raise _invalid(errors)
     rules = result.rules
     # EXPR that closes the brace could declare more (segments, scores ...): it
     # must be one condition.
+    before = compile_for_workspace(files, dict(types)).rules if files else None
+    segments = set(before.segments) if before is not None else set()
+    scores = set(before.scores) if before is not None else set()
+    lifecycle = before.lifecycle if before is not None else None
     if (
-        set(rules.segments) != {SEGMENT}
-        or set(rules.fields) != set(types) - KEYWORDS
-        or rules.scores
-        or rules.lifecycle is not None
+        set(rules.segments) != segments | {SEGMENT}
+        or set(rules.scores) != scores
+        or (rules.lifecycle is None) != (lifecycle is None)
+        or set(rules.fields) != set(before.fields if before is not None else rules.fields)
     ):
         end = Span(FILE, 1, 1, 1, 2)
         raise _invalid([SYNTAX(end, message="`where` must be a single condition")])
-    return SqlCompiler(rules).segment_members(SEGMENT)
+    return SqlCompiler(rules).segment_members_over_stored_state(SEGMENT)
+
+
+def compile_where(
+    expr: str, types: Mapping[str, Type], deployed: Mapping[str, str] | None = None
+) -> CompiledQuery:
+    """The query of the contacts EXPR holds for; a 422 problem carrying the
+    diagnostics when it has errors. EXPR may read the ``deployed`` rules'
+    segments, scores and stage: their stored, real-time state (naming one that is
+    not deployed is an error naming it)."""
+    return _compile_cached(
+        expr, tuple(sorted(types.items())), tuple(sorted((deployed or {}).items()))
+    )
 
 
 def _too_slow(where: str) -> ProblemError:
@@ -133,8 +152,10 @@ async def list_contacts(
     condition = ""
     if where is not None:
         types = await field_types(conn, workspace_id)
+        deployed = await current_rules(conn, workspace_id)
+        files = deployed.files if deployed is not None else None
         # Parsing, checking and compiling are CPU work: off the event loop.
-        query = await asyncio.to_thread(compile_where, where, types)
+        query = await asyncio.to_thread(compile_where, where, types, files)
         # The compiled query's own placeholders (p1.., now, workspace_id) do
         # not clash with the list_* names.
         params.update(query.bind(now=time.time_ns() // 1000, workspace_id=workspace_id))
