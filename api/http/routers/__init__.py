@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from nudgel.api.http.routers import (
     contacts,
+    dev_inbox,
     events,
     fields,
     history,
@@ -35,4 +36,5 @@ ROUTERS: list[APIRouter] = [
     test_clock.router,
     lists.router,
     subscriptions.router,
+    dev_inbox.router,
 ]

@@ -1,30 +1,32 @@
-"""The pages people reach from emails: confirm, unsubscribe, and the dev inbox.
+"""The pages people reach from emails: confirm and unsubscribe.
 
 Not under ``/v1`` and not authenticated: the signed token in the link is the
-authority (``nudgel.api.lists.tokens``). They answer HTML for a browser and are
-left out of the OpenAPI document, which describes the API.
+authority (``nudgel.api.lists.tokens``: an opaque nonce, no personal data).
+They answer HTML for a browser and are left out of the OpenAPI document,
+which describes the API.
 
-- ``GET /confirm/{token}``: a pending subscription becomes ``subscribed``
-  (source ``email``) and the list's landing page is shown. A forged token
-  (400), an expired one (410), a used one or one for a subscription already
-  confirmed (409), or one whose subscription is no longer pending (410)
-  shows a page saying so and changes nothing.
-- ``GET`` or ``POST /unsubscribe/{token}``: the status becomes
-  ``unsubscribed`` (POST is the RFC 8058 one-click of ``List-Unsubscribe-Post``).
-  These tokens do not expire; unsubscribing twice is harmless.
-- ``GET /dev/inbox``: with no SMTP server configured, the emails the service
-  would have sent (404 otherwise).
+People click, scanners don't: mail scanners and link previews fetch (GET)
+every link in an email, so a GET changes nothing. It checks the token and
+shows a page with a button; the button's form POSTs to the same address, and
+only the POST acts.
 
-Both actions run on ``GET`` because the links are followed from emails; a
-mail scanner that prefetches links could confirm a subscription, which is
-the usual trade-off of link-based double opt-in.
+- ``GET /confirm/{token}``: a page asking to confirm. ``POST``: a pending
+  subscription becomes ``subscribed`` (source ``email``) and the list's
+  landing page is shown. A forged token (400), an expired one (410), a used
+  one or one for a subscription already confirmed (409), or one whose
+  subscription is no longer pending (410) shows a page saying so and changes
+  nothing, on either method.
+- ``GET /unsubscribe/{token}``: a page asking to unsubscribe. ``POST``: the
+  status becomes ``unsubscribed``; it is also the RFC 8058 one-click
+  unsubscribe mail clients send (``List-Unsubscribe-Post``), with no page in
+  between. Unsubscribe links expire after ``unsubscribe_max_age`` (a year by
+  default); unsubscribing twice is harmless.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -32,8 +34,8 @@ from fastapi.responses import HTMLResponse
 from nudgel.api.db.pool import connection
 from nudgel.api.http.writes import WriteContext
 from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists import templates, tokens
-from nudgel.api.lists.mailer import DevInbox, mailer_of
+from nudgel.api.lists import tokens
+from nudgel.api.lists.rendering import RenderFailed, renderer_of
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
 
@@ -51,6 +53,7 @@ def page(title: str, body_html: str, status: int = 200) -> HTMLResponse:
     """A small, self-contained HTML page (``body_html`` is trusted markup)."""
     return HTMLResponse(
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        '<meta name=robots content="noindex,nofollow">'
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;"
@@ -86,8 +89,11 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a subscription")
-async def confirm(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
+async def _pending_confirmation(
+    request: Request, conn: AsyncConnection, token: str
+) -> tuple[str, int, str] | HTMLResponse:
+    """The token's (nonce, workspace id, list) while it can still confirm, else
+    the page that says why not. Reads only."""
     settings = _settings(request)
     key = await tokens.signing_key(request.app, conn)
     try:
@@ -97,34 +103,76 @@ async def confirm(token: TokenParam, request: Request, conn: Conn) -> HTMLRespon
     except tokens.InvalidToken:
         return notice(*FORGED)
     cur = await conn.execute(
-        "SELECT workspace_id, contact_pk, list, used_at FROM list_confirmations WHERE nonce = %s",
+        "SELECT n.workspace_id, n.list, n.used_at, s.status FROM list_confirmations n"
+        " LEFT JOIN subscriptions s ON s.contact_pk = n.contact_pk AND s.list = n.list"
+        " WHERE n.nonce = %s",
         (nonce,),
     )
     row = await cur.fetchone()
     if row is None:
         # Signed by us, so it existed: its contact or list was deleted since.
         return notice(*GONE)
-    workspace_id, pk, list_name, used_at = row
+    workspace_id, list_name, used_at, status = row
     if used_at is not None:
         return notice(*USED)
-    writer = WriteContext(request, conn, int(workspace_id), None)
+    if status == "subscribed":  # by another link of the same request, or the API
+        return notice(*ALREADY)
+    if status != "pending":
+        return notice(*GONE)
+    return nonce, int(workspace_id), str(list_name)
+
+
+def _button_page(title: str, text: str, button: str) -> HTMLResponse:
+    """A page whose button POSTs to this same address (a form with no action)."""
+    return page(
+        title,
+        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(text)}</p>\n"
+        f"<form method=post><button type=submit>{html.escape(button)}</button></form>",
+    )
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse, summary="Confirm (the page)")
+async def confirm_page(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
+    found = await _pending_confirmation(request, conn, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    _, workspace_id, list_name = found
+    lst = await subscribing.get_list(conn, workspace_id, list_name)
+    if lst is None:
+        return notice(*GONE)
+    return _button_page(
+        f"Confirm your subscription to {lst.title}",
+        f"Press the button to confirm that you want to receive {lst.title}.",
+        "Confirm my subscription",
+    )
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a subscription")
+async def confirm(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
+    settings = _settings(request)
+    found = await _pending_confirmation(request, conn, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    nonce, workspace_id, list_name = found
+    key = await tokens.signing_key(request.app, conn)
+    writer = WriteContext(request, conn, workspace_id, None)
     async with writer.transaction() as tx:
         # The list, then the contact: the order every path locks them in.
         lst = await subscribing.get_list(conn, tx.workspace_id, list_name, share=True)
         cur = await conn.execute(
-            "SELECT c.id, s.status, n.used_at FROM contacts c"
-            " JOIN list_confirmations n ON n.contact_pk = c.pk AND n.nonce = %s"
-            " LEFT JOIN subscriptions s ON s.contact_pk = c.pk AND s.list = %s"
-            " WHERE c.pk = %s FOR UPDATE OF c, n",
-            (nonce, list_name, pk),
+            "SELECT c.pk, c.id, s.status, n.used_at FROM list_confirmations n"
+            " JOIN contacts c ON c.pk = n.contact_pk"
+            " LEFT JOIN subscriptions s ON s.contact_pk = c.pk AND s.list = n.list"
+            " WHERE n.nonce = %s FOR UPDATE OF c, n",
+            (nonce,),
         )
         locked = await cur.fetchone()
         if locked is None or lst is None:
             return notice(*GONE)
-        contact_id, current, used_at = locked
+        pk, contact_id, current, used_at = locked
         if used_at is not None:  # a concurrent click won
             return notice(*USED)
-        if current == "subscribed":  # by another link of the same request, or the API
+        if current == "subscribed":
             return notice(*ALREADY)
         if current != "pending":
             return notice(*GONE)
@@ -133,91 +181,83 @@ async def confirm(token: TokenParam, request: Request, conn: Conn) -> HTMLRespon
         )
         await subscribing.set_status(tx, pk, contact_id, list_name, "subscribed", "email")
         context = await subscribing.contact_context(conn, pk)
-    unsubscribe = tokens.unsubscribe_token(
-        key, tokens.Unsubscribe(int(workspace_id), contact_id, list_name)
-    )
+        unsubscribe = tokens.new_nonce()
+        await tokens.store_unsubscribe(conn, unsubscribe, tx.workspace_id, pk, list_name)
     context.update(
         list={"name": lst.name, "title": lst.title},
-        unsubscribe_url=f"{settings.base_url()}/unsubscribe/{unsubscribe}",
+        unsubscribe_url=f"{settings.base_url()}/unsubscribe/"
+        + tokens.unsubscribe_token(key, unsubscribe),
     )
     try:
-        content = templates.render(lst.landing_page, context, html=True)
-    except Exception:
+        content = await renderer_of(request.app).render(lst.landing_page, context, html=True)
+    except RenderFailed as failed:
         # The confirmation stands; the page falls back to a plain one.
-        log.exception("the landing page of list %r failed to render", list_name)
+        log.warning("the landing page of list %r failed to render: %s", list_name, failed)
         content = f"<h1>You are subscribed to {html.escape(lst.title)}</h1>"
     return page(lst.title, content)
 
 
-async def _unsubscribe(token: str, request: Request, conn: Conn) -> HTMLResponse:
+GONE_LIST = (410, "Nothing to unsubscribe from", "This subscription no longer exists.")
+EXPIRED_UNSUBSCRIBE = (
+    410,
+    "This link has expired",
+    "Unsubscribe links are valid for a limited time. Use the link in a more recent email.",
+)
+
+
+async def _unsubscribe_target(
+    request: Request, conn: AsyncConnection, token: str
+) -> tuple[str, tokens.Unsubscribe] | HTMLResponse:
+    """The token's nonce and what it unsubscribes, else the page that says why not."""
     key = await tokens.signing_key(request.app, conn)
     try:
-        target = tokens.read_unsubscribe_token(key, token)
-    except (tokens.InvalidToken, tokens.ExpiredToken):
+        nonce = tokens.read_unsubscribe_token(key, token, _settings(request).unsubscribe_max_age)
+    except tokens.ExpiredToken:
+        return notice(*EXPIRED_UNSUBSCRIBE)
+    except tokens.InvalidToken:
         return notice(*FORGED)
+    target = await tokens.unsubscribe_target(conn, nonce)
+    if target is None:
+        return notice(*GONE_LIST)
+    return nonce, target
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe (the page)")
+async def unsubscribe_page(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
+    found = await _unsubscribe_target(request, conn, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    _, target = found
+    lst = await subscribing.get_list(conn, target.workspace_id, target.list)
+    if lst is None:
+        return notice(*GONE_LIST)
+    return _button_page(
+        f"Unsubscribe from {lst.title}",
+        f"Press the button and you will no longer receive {lst.title}.",
+        "Unsubscribe",
+    )
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe")
+async def unsubscribe(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
+    """The page's button, and the RFC 8058 one-click POST of mail clients."""
+    found = await _unsubscribe_target(request, conn, token)
+    if isinstance(found, HTMLResponse):
+        return found
+    nonce, target = found
     writer = WriteContext(request, conn, target.workspace_id, None)
     async with writer.transaction() as tx:
         lst = await subscribing.get_list(conn, target.workspace_id, target.list, share=True)
+        # The link's contact now (a merge may have moved the link), locked.
         cur = await conn.execute(
-            "SELECT pk FROM contacts WHERE workspace_id = %s AND id = %s FOR UPDATE",
-            (target.workspace_id, target.contact_id),
+            "SELECT c.pk, c.id FROM list_unsubscribe_links u JOIN contacts c ON c.pk = u.contact_pk"
+            " WHERE u.nonce = %s FOR UPDATE OF c",
+            (nonce,),
         )
         row = await cur.fetchone()
         if row is None or lst is None:
-            return notice(410, "Nothing to unsubscribe from", "This subscription no longer exists.")
+            return notice(*GONE_LIST)
         await subscribing.set_status(
-            tx, int(row[0]), target.contact_id, target.list, "unsubscribed", "email"
+            tx, int(row[0]), str(row[1]), target.list, "unsubscribed", "email"
         )
-    return notice(
-        200,
-        "You are unsubscribed",
-        f"You will no longer receive {lst.title}.",
-    )
-
-
-@router.get("/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe")
-async def unsubscribe(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
-    return await _unsubscribe(token, request, conn)
-
-
-@router.post("/unsubscribe/{token}", response_class=HTMLResponse, summary="Unsubscribe (one click)")
-async def unsubscribe_one_click(token: TokenParam, request: Request, conn: Conn) -> HTMLResponse:
-    return await _unsubscribe(token, request, conn)
-
-
-_URL = re.compile(r"https?://[^\s<>\"]+")
-
-
-def _linked(text: str) -> str:
-    """Escaped text with its URLs as links."""
-    out, last = [], 0
-    for match in _URL.finditer(text):
-        out.append(html.escape(text[last : match.start()]))
-        url = html.escape(match.group())
-        out.append(f'<a href="{url}">{url}</a>')
-        last = match.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
-
-
-@router.get("/dev/inbox", response_class=HTMLResponse, summary="Dev inbox")
-async def dev_inbox(request: Request) -> HTMLResponse:
-    mailer = mailer_of(request.app)
-    if not isinstance(mailer, DevInbox):
-        return notice(404, "Not found", "The dev inbox exists only when no SMTP server is set.")
-    items = []
-    for sent in mailer.messages:
-        message = sent.message
-        content = message.get_body(("plain",))
-        text = content.get_content() if content is not None else ""
-        items.append(
-            f"<article><h2>{html.escape(str(message['Subject']))}</h2>"
-            f"<p>To {html.escape(str(message['To']))}, {sent.at:%Y-%m-%d %H:%M:%S} UTC</p>"
-            f"<pre>{_linked(text)}</pre></article><hr>"
-        )
-    body = "".join(items) or "<p>No emails yet.</p>"
-    return page(
-        "Dev inbox",
-        f"<h1>Dev inbox</h1>\n<p>Emails the service did not send (no"
-        f" NUDGEL_SMTP_URL), newest first.</p>\n{body}",
-    )
+    return notice(200, "You are unsubscribed", f"You will no longer receive {lst.title}.")

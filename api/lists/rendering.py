@@ -1,0 +1,170 @@
+"""Rendering list templates in worker processes, each render bounded.
+
+A list's templates are code its workspace's users write; the service runs
+them when a list is saved (a trial render), when a confirmation email is
+made and when a landing page is shown. None of that runs on the event loop or
+in the server process: a :class:`TemplateRenderer` hands each render to a
+pool of worker processes (``pebble.ProcessPool``, which kills and replaces a
+worker whose task overruns its timeout; ``concurrent.futures`` cannot stop a
+running task). Each render is limited to ``template_timeout_ms`` of wall
+time, its output to ``template_max_output`` bytes, and the worker's memory to
+``template_worker_memory_mb`` (``nudgel.api.lists.templates`` enforces the
+last two in the worker). A render that fails raises :class:`RenderFailed`
+with the problem in words that name the limit.
+
+The app creates the renderer in its lifespan (``app.state.renderer``) and
+closes it on shutdown; ``nudgel import`` makes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from nudgel.api.lists import templates
+from nudgel.api.lists.templates import Checked, Limits, TemplateProblem
+from nudgel.api.problems import FieldError
+from nudgel.api.settings import Settings
+from pebble import ProcessExpired, ProcessPool
+
+__all__ = [
+    "LIST_TEMPLATES",
+    "RenderFailed",
+    "TemplateRenderer",
+    "list_template_errors",
+    "renderer_of",
+]
+
+T = TypeVar("T")
+
+# Seconds past its own timeout a render may wait for a free worker: a burst of
+# slow templates queues behind the workers, but never makes a caller wait
+# much longer than two renders.
+_QUEUE_GRACE = 2.0
+
+# (member, is HTML, names it may use)
+LIST_TEMPLATES: list[tuple[str, bool, frozenset[str]]] = [
+    ("confirmation_subject", False, templates.TEXT_NAMES),
+    ("confirmation_body", False, templates.TEXT_NAMES),
+    ("landing_page", True, templates.PAGE_NAMES),
+]
+
+
+class RenderFailed(Exception):
+    """A template could not be rendered (its fault, a limit, or no free worker)."""
+
+    def __init__(self, problem: TemplateProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class TemplateRenderer:
+    """A pool of render worker processes with the settings' limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timeout_ms = settings.template_timeout_ms
+        limits = Limits(
+            max_output=settings.template_max_output,
+            max_range=settings.template_max_range,
+            memory_bytes=settings.template_worker_memory_mb * 1024 * 1024,
+        )
+        # forkserver: workers fork from a small process that imported only the
+        # templates module (not from the server, with its threads and pools).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", "nudgel.api.lists.templates"])
+        self._pool = ProcessPool(
+            max_workers=settings.template_workers,
+            initializer=templates.start_worker,
+            initargs=(limits,),
+            context=context,
+        )
+
+    async def start(self) -> None:
+        """Start the workers now rather than on the first render."""
+        await self._run(templates.render, "", {}, False)
+
+    async def close(self) -> None:
+        self._pool.close()  # type: ignore[no-untyped-call]  # pebble leaves it unannotated
+        await asyncio.to_thread(self._pool.join, 10)
+
+    async def check(self, source: str, *, html: bool, names: frozenset[str]) -> Checked:
+        """Why ``source`` cannot be saved (``templates.check``), a timeout included."""
+        try:
+            return await self._run(templates.check, source, html, names)
+        except RenderFailed as failed:
+            return Checked(failed.problem, frozenset())
+
+    async def render(self, source: str, context: Mapping[str, Any], *, html: bool) -> str:
+        """The rendered text; raises :class:`RenderFailed`."""
+        rendered = await self._run(templates.render, source, dict(context), html)
+        if rendered.text is None:
+            assert rendered.problem is not None
+            raise RenderFailed(rendered.problem)
+        return rendered.text
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        seconds = self.timeout_ms / 1000
+        future = self._pool.schedule(function, args=args, timeout=seconds)
+        result = asyncio.wrap_future(future)
+        # The pool stops a render at its timeout; this bounds the wait for a
+        # free worker too.
+        done, _ = await asyncio.wait({result}, timeout=2 * seconds + _QUEUE_GRACE)
+        if not done:
+            # The pool stops its worker if the render had started.
+            future.cancel()  # type: ignore[no-untyped-call]
+            raise RenderFailed(
+                TemplateProblem(None, "no template render worker was free in time; try again")
+            )
+        try:
+            return result.result()
+        except TimeoutError:
+            raise RenderFailed(
+                TemplateProblem(
+                    None,
+                    f"rendering takes longer than {self.timeout_ms} ms (NUDGEL_TEMPLATE_TIMEOUT_MS)",
+                )
+            ) from None
+        except ProcessExpired as error:
+            # Killed from outside (the kernel's OOM killer) or crashed.
+            raise RenderFailed(
+                TemplateProblem(None, f"the render worker died (exit code {error.exitcode})")
+            ) from None
+
+
+def renderer_of(app: FastAPI) -> TemplateRenderer:
+    """The app's renderer (made by its lifespan)."""
+    renderer: TemplateRenderer = app.state.renderer
+    return renderer
+
+
+async def list_template_errors(
+    renderer: TemplateRenderer, values: Mapping[str, Any]
+) -> list[FieldError]:
+    """Each of a list's templates that cannot be saved, with its member and line; a
+    double opt-in list's body must use ``confirm_url``. The checks run at once."""
+    checks = await asyncio.gather(
+        *(
+            renderer.check(values[member], html=html, names=names)
+            for member, html, names in LIST_TEMPLATES
+        )
+    )
+    errors = [
+        FieldError(
+            location="body", pointer=f"/{member}", detail=str(checked.problem), code="template"
+        )
+        for (member, _, _), checked in zip(LIST_TEMPLATES, checks, strict=True)
+        if checked.problem is not None
+    ]
+    if values["double_opt_in"] and not errors and "confirm_url" not in checks[1].names:
+        errors.append(
+            FieldError(
+                location="body",
+                pointer="/confirmation_body",
+                detail="a double opt-in list's email must contain {{ confirm_url }}",
+                code="template",
+            )
+        )
+    return errors
