@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -53,6 +54,20 @@ LIST_TEMPLATES: list[tuple[str, bool, frozenset[str]]] = [
 ]
 
 
+def _preload() -> list[str]:
+    """What the fork server imports once for every worker it forks.
+
+    A worker re-runs the parent's main module (multiprocessing's rule): the
+    fork server importing it first makes that cheap, for a script
+    (``__main__``) and for ``python -m nudgel.cli.nudgel`` (its name) alike,
+    so a worker replaced after a timeout starts in milliseconds.
+    """
+    main = sys.modules["__main__"]
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    by_name = [name] if name and not name.endswith("__main__") else []
+    return ["__main__", *by_name, "nudgel.api.lists.templates"]
+
+
 class RenderFailed(Exception):
     """A template could not be rendered (its fault, a limit, or no free worker)."""
 
@@ -71,10 +86,10 @@ class TemplateRenderer:
             max_range=settings.template_max_range,
             memory_bytes=settings.template_worker_memory_mb * 1024 * 1024,
         )
-        # forkserver: workers fork from a small process that imported only the
-        # templates module (not from the server, with its threads and pools).
+        # forkserver: workers fork from a process that has imported the
+        # templates module, not from the server with its threads and pools.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["__main__", "nudgel.api.lists.templates"])
+        context.set_forkserver_preload(_preload())
         self._pool = ProcessPool(
             max_workers=settings.template_workers,
             initializer=templates.start_worker,
