@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     template_workers: int = Field(
         default=2, ge=1, le=64, description="Worker processes that render templates."
     )
+    template_renders_per_workspace: int = Field(
+        default=1,
+        ge=1,
+        description="Renders one workspace may have running at once (per server process), so"
+        " one workspace's slow templates leave workers free for the others.",
+    )
     template_worker_memory_mb: int = Field(
         default=512,
         ge=64,

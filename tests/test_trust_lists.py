@@ -260,6 +260,40 @@ def test_a_template_that_blows_up_for_one_contact_fails_that_send_without_stalli
     assert "list.confirmation_failed" not in [e["name"] for e in timeline(http, key, ok["id"])]
 
 
+def test_one_workspaces_slow_templates_leave_workers_for_the_others(
+    migrated_url: str, key: IssuedKey, other_key: IssuedKey
+) -> None:
+    # Two workers, one render at a time per workspace: two bombs of one workspace
+    # use one worker (the second waits its turn), the other workspace gets the other.
+    settings = Settings(
+        database_url=migrated_url, run_worker=False, template_timeout_ms=3000, template_workers=2
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.post(
+            "/v1/fields", json={"name": "n", "type": "number"}, headers=auth(key)
+        ).is_success
+        make_list(client, key, confirmation_body=PER_CONTACT)
+        make_list(client, other_key)
+        bombs = [
+            threading.Thread(
+                target=sign_up, args=(client, key, f"b{i}@example.com"), kwargs={"n": 10_000}
+            )
+            for i in range(2)
+        ]
+        for thread in bombs:
+            thread.start()
+        time.sleep(0.5)  # both bombs are in: one renders, one waits
+        started = time.monotonic()
+        sign_up(client, other_key, "other@example.com")
+        elapsed = time.monotonic() - started
+        for thread in bombs:
+            thread.join()
+        # Without the per-workspace turn it would wait for a bomb's 3 s to end
+        # (2.7 s measured with two renders per workspace allowed).
+        assert elapsed < 1.5, elapsed
+        assert [m["headers"]["To"] for m in inbox(client, other_key)] == ["other@example.com"]
+
+
 def test_a_landing_page_that_fails_falls_back_and_the_confirmation_stands(
     http: httpx.Client, key: IssuedKey
 ) -> None:

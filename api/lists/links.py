@@ -151,7 +151,9 @@ async def confirm(app: FastAPI, conn: AsyncConnection, token: str) -> Confirmed:
         + tokens.unsubscribe_token(key, unsubscribe_nonce),
     )
     try:
-        content = await renderer_of(app).render(lst.landing_page, context, html=True)
+        content = await renderer_of(app).render(
+            found.workspace_id, lst.landing_page, context, html=True
+        )
     except RenderFailed:
         content = None
     return Confirmed(lst, content)

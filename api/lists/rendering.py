@@ -9,8 +9,11 @@ worker whose task overruns its timeout; ``concurrent.futures`` cannot stop a
 running task). Each render is limited to ``template_timeout_ms`` of wall
 time, its output to ``template_max_output`` bytes, and the worker's memory to
 ``template_worker_memory_mb`` (``nudgel.api.lists.templates`` enforces the
-last two in the worker). A render that fails raises :class:`RenderFailed`
-with the problem in words that name the limit.
+last two in the worker). A workspace has at most
+``template_renders_per_workspace`` renders running at once, so one
+workspace's slow templates cannot take every worker; a render that waits
+longer than two of its time limits for its turn fails. A render that fails
+raises :class:`RenderFailed` with the problem in words that name the limit.
 
 The app creates the renderer in its lifespan (``app.state.renderer``) and
 closes it on shutdown; ``nudgel import`` makes its own.
@@ -81,6 +84,9 @@ class TemplateRenderer:
 
     def __init__(self, settings: Settings) -> None:
         self.timeout_ms = settings.template_timeout_ms
+        self._per_workspace = settings.template_renders_per_workspace
+        # Each workspace's turns; a workspace's entry goes when nothing of it runs.
+        self._turns: dict[int, tuple[asyncio.Semaphore, list[int]]] = {}
         limits = Limits(
             max_output=settings.template_max_output,
             max_range=settings.template_max_range,
@@ -99,29 +105,52 @@ class TemplateRenderer:
 
     async def start(self) -> None:
         """Start the workers now rather than on the first render."""
-        await self._run(templates.render, "", {}, False)
+        await self._run(0, templates.render, "", {}, False)
 
     async def close(self) -> None:
         self._pool.close()  # type: ignore[no-untyped-call]  # pebble leaves it unannotated
         await asyncio.to_thread(self._pool.join, 10)
 
-    async def check(self, source: str, *, html: bool, names: frozenset[str]) -> Checked:
+    async def check(
+        self, workspace_id: int, source: str, *, html: bool, names: frozenset[str]
+    ) -> Checked:
         """Why ``source`` cannot be saved (``templates.check``), a timeout included."""
         try:
-            return await self._run(templates.check, source, html, names)
+            return await self._run(workspace_id, templates.check, source, html, names)
         except RenderFailed as failed:
             return Checked(failed.problem, frozenset())
 
-    async def render(self, source: str, context: Mapping[str, Any], *, html: bool) -> str:
+    async def render(
+        self, workspace_id: int, source: str, context: Mapping[str, Any], *, html: bool
+    ) -> str:
         """The rendered text; raises :class:`RenderFailed`."""
-        rendered = await self._run(templates.render, source, dict(context), html)
+        rendered = await self._run(workspace_id, templates.render, source, dict(context), html)
         if rendered.text is None:
             assert rendered.problem is not None
             raise RenderFailed(rendered.problem)
         return rendered.text
 
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+    async def _run(self, workspace_id: int, function: Callable[..., T], *args: Any) -> T:
         seconds = self.timeout_ms / 1000
+        turn, users = self._turns.setdefault(
+            workspace_id, (asyncio.Semaphore(self._per_workspace), [0])
+        )
+        users[0] += 1
+        try:
+            try:
+                await asyncio.wait_for(turn.acquire(), 2 * seconds)
+            except TimeoutError:
+                raise _busy() from None
+            try:
+                return await self._render(function, args, seconds)
+            finally:
+                turn.release()
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[workspace_id]
+
+    async def _render(self, function: Callable[..., T], args: tuple[Any, ...], seconds: float) -> T:
         future = self._pool.schedule(function, args=args, timeout=seconds)
         result = asyncio.wrap_future(future)
         # The pool stops a render at its timeout; this bounds the wait for a
@@ -130,9 +159,7 @@ class TemplateRenderer:
         if not done:
             # The pool stops its worker if the render had started.
             future.cancel()  # type: ignore[no-untyped-call]
-            raise RenderFailed(
-                TemplateProblem(None, "no template render worker was free in time; try again")
-            )
+            raise _busy()
         try:
             return result.result()
         except TimeoutError:
@@ -149,6 +176,12 @@ class TemplateRenderer:
             ) from None
 
 
+def _busy() -> RenderFailed:
+    return RenderFailed(
+        TemplateProblem(None, "no template render worker was free in time; try again")
+    )
+
+
 def renderer_of(app: FastAPI) -> TemplateRenderer:
     """The app's renderer (made by its lifespan)."""
     renderer: TemplateRenderer = app.state.renderer
@@ -156,13 +189,13 @@ def renderer_of(app: FastAPI) -> TemplateRenderer:
 
 
 async def list_template_errors(
-    renderer: TemplateRenderer, values: Mapping[str, Any]
+    renderer: TemplateRenderer, workspace_id: int, values: Mapping[str, Any]
 ) -> list[FieldError]:
     """Each of a list's templates that cannot be saved, with its member and line; a
     double opt-in list's body must use ``confirm_url``. The checks run at once."""
     checks = await asyncio.gather(
         *(
-            renderer.check(values[member], html=html, names=names)
+            renderer.check(workspace_id, values[member], html=html, names=names)
             for member, html, names in LIST_TEMPLATES
         )
     )

@@ -244,7 +244,7 @@ async def subscribe(
         + tokens.unsubscribe_token(confirming.key, unsubscribe_nonce),
     )
     try:
-        message = await _message(confirming, lst, context)
+        message = await _message(confirming, tx.workspace_id, lst, context)
     except _Failed as failed:
         await _record_failure(tx, pk, lst.name, failed, source)
         return None
@@ -264,12 +264,14 @@ class _Failed(Exception):
         self.reason = reason
 
 
-async def _message(confirming: Confirming, lst: ListRow, context: dict[str, Any]) -> EmailMessage:
+async def _message(
+    confirming: Confirming, workspace_id: int, lst: ListRow, context: dict[str, Any]
+) -> EmailMessage:
     parts = {}
     for member in ("confirmation_subject", "confirmation_body"):
         try:
             parts[member] = await confirming.renderer.render(
-                getattr(lst, member), context, html=False
+                workspace_id, getattr(lst, member), context, html=False
             )
         except RenderFailed as failed:
             raise _Failed(member, str(failed.problem)) from None

@@ -151,7 +151,9 @@ NameParam = Annotated[str, Path(description="The list's name.")]
 async def _check_templates(writer: WriteContext, values: dict[str, Any]) -> None:
     """422 with every template that cannot be saved, its member and line (the
     checks run in the render worker processes, with their limits)."""
-    errors = await list_template_errors(renderer_of(writer.request.app), values)
+    errors = await list_template_errors(
+        renderer_of(writer.request.app), writer.workspace_id, values
+    )
     if errors:
         raise ProblemError(
             422,
