@@ -108,8 +108,13 @@ class TemplateRenderer:
         await self._run(0, templates.render, "", {}, False)
 
     async def close(self) -> None:
+        """Let the renders in progress finish (each is bounded), then stop the workers."""
         self._pool.close()  # type: ignore[no-untyped-call]  # pebble leaves it unannotated
-        await asyncio.to_thread(self._pool.join, 10)
+        try:
+            await asyncio.to_thread(self._pool.join, 2 * self.timeout_ms / 1000 + _QUEUE_GRACE)
+        except TimeoutError:
+            self._pool.stop()  # type: ignore[no-untyped-call]
+            await asyncio.to_thread(self._pool.join)
 
     async def check(
         self, workspace_id: int, source: str, *, html: bool, names: frozenset[str]
@@ -155,7 +160,11 @@ class TemplateRenderer:
         result = asyncio.wrap_future(future)
         # The pool stops a render at its timeout; this bounds the wait for a
         # free worker too.
-        done, _ = await asyncio.wait({result}, timeout=2 * seconds + _QUEUE_GRACE)
+        try:
+            done, _ = await asyncio.wait({result}, timeout=2 * seconds + _QUEUE_GRACE)
+        except asyncio.CancelledError:  # the request went away: so does its render
+            future.cancel()  # type: ignore[no-untyped-call]
+            raise
         if not done:
             # The pool stops its worker if the render had started.
             future.cancel()  # type: ignore[no-untyped-call]
