@@ -1,9 +1,11 @@
 """The FastAPI application: ``create_app(settings)``.
 
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
-server), applies pending migrations, opens the connection pool, and (unless
-``run_worker`` is off) starts the webhook delivery worker as a task that stops
-with the app; handlers find the pool and settings on ``app.state``. The
+server), applies pending migrations, opens the connection pool, starts the
+processes that render list templates (``nudgel.api.lists.rendering``), and
+(unless ``run_worker`` is off) starts the webhook delivery worker as a task
+that stops with the app; handlers find the pool, the renderer and settings on
+``app.state``. The
 blocking steps (starting the embedded server, ``apply_migrations``) run in a
 worker thread so the event loop never waits on them.
 """
@@ -26,6 +28,7 @@ from nudgel.api.http.problems import install_problem_handlers, problem_responses
 from nudgel.api.http.routers import (
     ROUTERS,
     contacts,
+    dev_inbox,
     events,
     fields,
     history,
@@ -41,6 +44,7 @@ from nudgel.api.http.routers import (
     test_clock,
     webhooks,
 )
+from nudgel.api.lists.rendering import TemplateRenderer
 from nudgel.api.problems import Problem, ProblemError
 from nudgel.api.rules.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
@@ -81,6 +85,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = make_pool(url, settings)
     await pool.open(wait=True)
     app.state.pool = pool
+    app.state.mailer = None  # made on first use, with this pool
+    renderer = TemplateRenderer(settings)
+    await renderer.start()
+    app.state.renderer = renderer
     worker: tuple[asyncio.Task[None], AsyncConnectionPool] | None = None
     stop = asyncio.Event()
     if settings.run_worker:
@@ -106,6 +114,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scheduler, 30)
             await worker[1].close()
+        await renderer.close()
         await pool.close()
 
 
@@ -186,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lists.OPENAPI_TAG,
         subscriptions.OPENAPI_TAG,
         keys.OPENAPI_TAG,
+        dev_inbox.OPENAPI_TAG,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         default=None,
         description="Where emails go: `smtp://user:password@host:587` (STARTTLS when the"
         " server offers it) or `smtps://...:465` (TLS from the start). Unset: emails are"
-        " written to the log and kept for the dev inbox page (`/dev/inbox`).",
+        " written to the log and kept per workspace for `GET /v1/dev/inbox`.",
     )
     mail_from: str = Field(
         default="Nudgel <no-reply@localhost>", description="The From of the emails sent."
@@ -153,6 +153,58 @@ class Settings(BaseSettings):
     )
     confirmation_max_age: int = Field(
         default=7 * 24 * 3600, ge=1, description="Seconds a confirm link stays valid."
+    )
+    unsubscribe_max_age: int = Field(
+        default=365 * 24 * 3600,
+        ge=1,
+        description="Seconds an unsubscribe link stays valid (people unsubscribe from old"
+        " emails: keep it long).",
+    )
+    dev_inbox_max_messages: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="With no SMTP server: the emails kept per workspace for `GET /v1/dev/inbox`"
+        " (the oldest go first).",
+    )
+    dev_inbox_max_message_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="With no SMTP server: the text of a kept email is cut to this many bytes.",
+    )
+
+    # User-written list templates (nudgel.api.lists.rendering): each render runs
+    # in a worker process, bounded in time, output and memory.
+    template_timeout_ms: int = Field(
+        default=1000,
+        ge=10,
+        le=60_000,
+        description="Milliseconds a template render may take; past that its worker process is"
+        " killed and replaced, and the render fails.",
+    )
+    template_max_output: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Bytes a rendered template may have (also bounds what a template builds on"
+        " the way: repeated strings, powers, format widths).",
+    )
+    template_max_range: int = Field(
+        default=10_000, ge=1, description="The most items `range()` gives in a template."
+    )
+    template_workers: int = Field(
+        default=2, ge=1, le=64, description="Worker processes that render templates."
+    )
+    template_renders_per_workspace: int = Field(
+        default=1,
+        ge=1,
+        description="Renders one workspace may have running at once (per server process), so"
+        " one workspace's slow templates leave workers free for the others.",
+    )
+    template_worker_memory_mb: int = Field(
+        default=512,
+        ge=64,
+        description="Address space (MiB) of a render worker process; a render that needs more"
+        " fails.",
     )
 
     @field_validator("database_url", mode="before")

@@ -29,7 +29,7 @@ from nudgel.api.jobs.imports import (
     run_import,
 )
 from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists import tokens
+from nudgel.api.lists.rendering import TemplateRenderer
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
 from nudgel.cli.workspaces import resolve_workspace, workspace_options
@@ -77,7 +77,9 @@ def import_command(
     the file cannot be read or imported at all, or the import failed.
 
     With --list on a double opt-in list, the confirmation emails go through
-    NUDGEL_SMTP_URL; without it they are only logged (no dev inbox here).
+    NUDGEL_SMTP_URL; without it they are kept in the workspace's dev inbox
+    (GET /v1/dev/inbox), as the service keeps them. Their templates render in
+    worker processes with the service's limits.
     """
     columns = _parse_mapping(mapping)
     try:
@@ -131,6 +133,7 @@ async def _import(
 ) -> int:
     pool = make_pool(url, settings)
     await pool.open(wait=True)
+    renderer: TemplateRenderer | None = None
     try:
         async with pool.connection() as conn:
             workspace_id = await resolve_workspace(conn, *workspace)
@@ -151,12 +154,15 @@ async def _import(
                 raise click.ClickException(error.detail) from None
             lists = None
             if list_name is not None:
-                # The signing key and the mailer hang off an app's state (the
-                # API's); an app object of our own gives them the same settings.
+                # The signing key, the renderer and the mailer hang off an app's
+                # state (the API's); an app object of our own gives them the
+                # same settings and this pool.
                 app = FastAPI()
                 app.state.settings = settings
-                key = await tokens.signing_key(app, conn)
-                lists = ListContext(settings, key, partial(subscribing.send_all, app))
+                app.state.pool = pool
+                app.state.renderer = renderer = TemplateRenderer(settings)
+                confirming = await subscribing.confirming_of(app, conn)
+                lists = ListContext(confirming, partial(subscribing.send_all, app))
         click.echo(f"import {job_id}: {total} rows", err=True)
         region = settings.default_phone_region
         blocked = normalise_blocked(settings.blocked_identifiers, region)
@@ -184,4 +190,6 @@ async def _import(
                 )
         return 0
     finally:
+        if renderer is not None:
+            await renderer.close()
         await pool.close()

@@ -1,7 +1,8 @@
 """Double opt-in end to end: a real SMTP server in the test process (aiosmtpd)
-receives the confirmation email, the test follows its links, and the
-subscription, the rules, the outbox and a real webhook receiver show the
-result; forged, expired and reused tokens change nothing."""
+receives the confirmation email, the test follows its links (a GET shows a
+page whose button POSTs; the POST acts), and the subscription, the rules,
+the outbox and a real webhook receiver show the result; forged, expired and
+reused tokens change nothing."""
 
 from __future__ import annotations
 
@@ -196,7 +197,7 @@ def test_confirmation_email_link_subscribes_and_fires_the_webhook(
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert client.get(f"/v1/contacts/{contact_id}", headers=bearer(key)).json()["segments"] == []
 
-    page = client.get(link(message, "confirm"))
+    page = client.post(link(message, "confirm"))
     assert page.status_code == 200, page.text
     assert page.headers["content-type"].startswith("text/html")
     assert "<h1>Welcome, Ada!</h1>" in page.text and "Acme reads The Newsletter." in page.text
@@ -230,7 +231,7 @@ def test_a_used_link_shows_a_page_and_changes_nothing(
 ) -> None:
     contact_id = sign_up(client, key)
     confirm = link(the_email(mailbox), "confirm")
-    assert client.get(confirm).status_code == 200
+    assert client.post(confirm).status_code == 200
     # The contact unsubscribes, then clicks the confirm link again.
     set_unsubscribed = client.post(
         f"/v1/contacts/{contact_id}/subscriptions",
@@ -278,7 +279,7 @@ def test_forged_tokens_change_nothing(
     assert status(client, key, contact_id) == "pending"
     assert outbox_types(migrated_url, key.workspace_id) == before
     # The real link still works afterwards.
-    assert client.get(confirm).status_code == 200
+    assert client.post(confirm).status_code == 200
     assert status(client, key, contact_id) == "subscribed"
 
 
@@ -301,7 +302,7 @@ def test_an_expired_link_changes_nothing(
     assert outbox_types(migrated_url, key.workspace_id) == before
     # Six days on it still works: expiry is what refused it, nothing was used up.
     monkeypatch.setattr(itsdangerous.timed.time, "time", lambda: now + 6 * 24 * 3600)
-    assert client.get(confirm).status_code == 200
+    assert client.post(confirm).status_code == 200
     assert status(client, key, contact_id) == "subscribed"
 
 
@@ -325,16 +326,16 @@ def test_the_unsubscribe_link(
 ) -> None:
     contact_id = sign_up(client, key)
     message = the_email(mailbox)
-    assert client.get(link(message, "confirm")).status_code == 200
+    assert client.post(link(message, "confirm")).status_code == 200
     unsubscribe = link(message, "unsubscribe")
-    page = client.get(unsubscribe)
+    page = client.post(unsubscribe)
     assert page.status_code == 200 and "You are unsubscribed" in page.text
     assert "The Newsletter" in page.text
     assert status(client, key, contact_id) == "unsubscribed"
     types = outbox_types(migrated_url, key.workspace_id)
     assert types[-1] == "list.unsubscribed"
     # Twice, or by the one-click POST mail clients send: still unsubscribed, no new event.
-    assert client.get(unsubscribe).status_code == 200
+    assert client.post(unsubscribe).status_code == 200
     one_click = client.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
     assert one_click.status_code == 200
     assert outbox_types(migrated_url, key.workspace_id) == types
@@ -380,7 +381,7 @@ def test_links_survive_a_restart(
         contact_id = sign_up(first, key)
     confirm = link(the_email(mailbox), "confirm")
     with TestClient(create_app(settings)) as second:
-        assert second.get(confirm).status_code == 200
+        assert second.post(confirm).status_code == 200
         assert status(second, key, contact_id) == "subscribed"
     # A configured key signs instead: the stored one's links are not its own.
     keyed = settings_for(migrated_url, smtp[1], run_worker=False, secret_key="s" * 40)
@@ -411,7 +412,7 @@ def test_confirmations_are_stored_single_use(
     client: TestClient, key: IssuedKey, mailbox: Mailbox, migrated_url: str
 ) -> None:
     sign_up(client, key)
-    assert client.get(link(the_email(mailbox), "confirm")).status_code == 200
+    assert client.post(link(the_email(mailbox), "confirm")).status_code == 200
     with psycopg.connect(migrated_url) as conn:
         rows = conn.execute(
             "SELECT list, used_at IS NOT NULL FROM list_confirmations WHERE workspace_id = %s",
@@ -434,7 +435,7 @@ def test_a_confirm_link_survives_a_merge(
         headers=bearer(key),
     )
     assert merged.status_code == 200 and merged.json()["id"] == older.json()["id"]
-    assert client.get(confirm).status_code == 200
+    assert client.post(confirm).status_code == 200
     assert status(client, key, older.json()["id"]) == "subscribed"
 
 
@@ -453,7 +454,7 @@ def test_a_resent_email_and_the_older_link(
     assert outbox_types(migrated_url, key.workspace_id) == before
     first, second = (link(m, "confirm") for m in mailbox.messages)
     assert first != second
-    assert client.get(second).status_code == 200
+    assert client.post(second).status_code == 200
     page = client.get(first)
     assert page.status_code == 409 and "already confirmed" in page.text
     assert status(client, key, contact_id) == "subscribed"
@@ -466,7 +467,7 @@ def test_simultaneous_clicks_confirm_once(
     contact_id = sign_up(client, key)
     confirm = link(the_email(mailbox), "confirm")
     with ThreadPoolExecutor(8) as pool:
-        codes = sorted(pool.map(lambda _: client.get(confirm).status_code, range(8)))
+        codes = sorted(pool.map(lambda _: client.post(confirm).status_code, range(8)))
     assert codes == [200] + [409] * 7
     assert status(client, key, contact_id) == "subscribed"
     assert outbox_types(migrated_url, key.workspace_id).count("list.subscribed") == 1

@@ -45,6 +45,8 @@ TABLES = {
     "import_rows",
     "lists",
     "list_confirmations",
+    "list_unsubscribe_links",
+    "dev_inbox_messages",
     "service_secrets",
     "schema_migrations",
     "rate_limits",

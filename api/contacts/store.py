@@ -467,10 +467,14 @@ async def _absorb(conn: AsyncConnection, survivor: dict[str, Any], others: list[
         " updated_at = excluded.updated_at WHERE excluded.updated_at > subscriptions.updated_at",
         (survivor["pk"], others),
     )
-    # Confirm links already sent stay valid: they now confirm the survivor's
-    # (moved) subscription.
+    # Confirm and unsubscribe links already sent stay valid: they now act on
+    # the survivor's (moved) subscription.
     await conn.execute(
         "UPDATE list_confirmations SET contact_pk = %s WHERE contact_pk = ANY(%s)",
+        (survivor["pk"], others),
+    )
+    await conn.execute(
+        "UPDATE list_unsubscribe_links SET contact_pk = %s WHERE contact_pk = ANY(%s)",
         (survivor["pk"], others),
     )
     # Deleted before the survivor takes their identifiers (unique indexes).

@@ -60,16 +60,14 @@ def _subscription_pointer(name: str) -> str:
 
 async def upsert_contact(
     tx: Transaction,
-    settings: Settings,
-    signing_key: str,
+    confirming: subscriptions.Confirming,
     body: ContactUpsert,
     identifiers: Identifiers,
 ) -> Upserted:
     """Create, update or merge the contact ``body`` names, with its subscriptions.
 
-    ``signing_key`` signs the confirm links of any confirmation email (the
-    caller gets it outside the transaction, so a new key is kept whatever
-    happens to this one).
+    ``confirming`` makes any confirmation email (the caller gets it outside
+    the transaction, so a new signing key is kept whatever happens to this one).
     """
     check_fields(body.fields, settings)
     written = await fields_for_write(tx, body.fields)
@@ -92,8 +90,7 @@ async def upsert_contact(
         # After the contact's own events: list.* never precede contact.created.
         outgoing = await subscriptions.apply(
             tx,
-            settings,
-            signing_key,
+            confirming,
             result.pk,
             result.contact_id,
             body.subscriptions,

@@ -66,10 +66,9 @@ from nudgel.api.contacts.store import (
 )
 from nudgel.api.contacts.views import emit_created, emit_upsert
 from nudgel.api.jobs.runner import create_job, run_job, start_job
-from nudgel.api.lists.subscriptions import Outgoing, get_list
+from nudgel.api.lists.subscriptions import Confirming, Outgoing, get_list
 from nudgel.api.lists.subscriptions import apply as apply_subscriptions
 from nudgel.api.problems import ProblemError
-from nudgel.api.settings import Settings
 from nudgel.api.transaction import Transaction
 from nudgel.dsl.ast import Type
 from psycopg import AsyncConnection, errors
@@ -442,11 +441,10 @@ class Counts:
 @dataclass(frozen=True)
 class ListContext:
     """What subscribing imported contacts to a list needs (as ``POST /v1/contacts``
-    with ``subscriptions``): the settings (links, sender), the token signing
-    key, and how to send the confirmation emails once a batch has committed."""
+    with ``subscriptions``): what makes the confirmation emails, and how to send
+    them once a batch has committed."""
 
-    settings: Settings
-    key: str
+    confirming: Confirming
     send: Callable[[list[Outgoing]], Awaitable[None]]
 
 
@@ -467,8 +465,7 @@ async def _upsert_row(
         # row without one is refused (422 problem) and rolled back whole.
         outgoing += await apply_subscriptions(
             tx,
-            lists.settings,
-            lists.key,
+            lists.confirming,
             result.pk,
             result.contact_id,
             {list_name: "subscribed"},

@@ -1,2 +1,2 @@
-"""Lists: subscription statuses and double opt-in, the lists' sandboxed templates,
-signed confirm/unsubscribe tokens, and the mailer (SMTP or the dev inbox)."""
+"""Lists: subscription statuses and double opt-in, sandboxed templates rendered in bounded
+worker processes, opaque confirm/unsubscribe links, the mailer (SMTP or the dev inbox)."""

@@ -2,35 +2,33 @@
 
 ``aiosmtplib`` sends on the event loop (no thread per email, timeouts on
 every exchange, STARTTLS or implicit TLS). Without an SMTP URL, every email
-is logged and kept in memory (the last :data:`DEV_INBOX_SIZE`) for the dev
-inbox page, so double opt-in can be tried on a laptop with no mail server.
-The dev inbox holds live confirm links: it exists only when no SMTP server is
-configured, which a production deployment always has.
+is kept in the sending workspace's dev inbox (``nudgel.api.lists.dev_inbox``,
+read with that workspace's key), so double opt-in can be tried on a laptop
+with no mail server. The log says an email was kept, not what it says: it
+holds live links.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 from fastapi import FastAPI
+from nudgel.api.lists import dev_inbox
 from nudgel.api.settings import Settings
+from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["DEV_INBOX_SIZE", "DevInbox", "Mailer", "SmtpMailer", "mailer_of"]
+__all__ = ["DevInbox", "Mailer", "SmtpMailer", "mailer_of"]
 
 log = logging.getLogger(__name__)
 
-DEV_INBOX_SIZE = 200
-
 
 class Mailer(Protocol):
-    async def send(self, message: EmailMessage) -> None: ...
+    async def send(self, message: EmailMessage, workspace_id: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class SmtpMailer:
             timeout=timeout,
         )
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: EmailMessage, workspace_id: int) -> None:
         # start_tls=None: STARTTLS when the server offers it (smtp://), never
         # on top of implicit TLS (smtps://).
         await aiosmtplib.send(
@@ -73,30 +71,30 @@ class SmtpMailer:
 
 
 @dataclass(frozen=True)
-class Sent:
-    at: datetime
-    message: EmailMessage
-
-
 class DevInbox:
-    """No SMTP server: emails go to the log and stay here for ``/dev/inbox``."""
+    """No SMTP server: emails are kept in their workspace's dev inbox."""
 
-    def __init__(self) -> None:
-        self.messages: deque[Sent] = deque(maxlen=DEV_INBOX_SIZE)
+    pool: AsyncConnectionPool
+    settings: Settings
 
-    async def send(self, message: EmailMessage) -> None:
-        self.messages.appendleft(Sent(datetime.now(UTC), message))
-        log.info("no NUDGEL_SMTP_URL: email not sent, kept for /dev/inbox\n%s", message.as_string())
+    async def send(self, message: EmailMessage, workspace_id: int) -> None:
+        await dev_inbox.keep(self.pool, self.settings, workspace_id, message)
+        log.info(
+            "no NUDGEL_SMTP_URL: email %s kept in the dev inbox of workspace %d",
+            message["Message-ID"],
+            workspace_id,
+        )
 
 
 def mailer_of(app: FastAPI) -> Mailer:
-    """The app's mailer, made from its settings on first use."""
+    """The app's mailer, made from its settings on first use (after the app's
+    lifespan opened its pool, ``app.state.pool``)."""
     mailer: Mailer | None = getattr(app.state, "mailer", None)
     if mailer is None:
         settings: Settings = app.state.settings
         if settings.smtp_url:
             mailer = SmtpMailer.from_url(settings.smtp_url, settings.smtp_timeout)
         else:
-            mailer = DevInbox()
+            mailer = DevInbox(app.state.pool, settings)
         app.state.mailer = mailer
     return mailer

@@ -19,12 +19,15 @@ Every change of status, in the transaction of the request that makes it:
 
 A request that leaves the status as it is changes nothing and fires nothing.
 
-The confirmation email is rendered inside the transaction (a template that
-fails for this contact refuses the request, 422, and nothing changes) and
-sent after the commit (:func:`send_all`): an email is never sent for a
-change that rolled back, and the request does not hold its locks while an
-SMTP server answers. A failed send is logged; asking to subscribe again
-sends a new email.
+The confirmation email is rendered inside the transaction, in a render worker
+process with a time limit (``nudgel.api.lists.rendering``), and sent after the
+commit (:func:`send_all`): an email is never sent for a change that rolled
+back, and the request does not hold its locks while an SMTP server answers.
+A template that fails for this contact (an error, a limit, the time limit)
+sends nothing: the status stays ``pending`` and the contact's timeline gets a
+``list.confirmation_failed`` event (props ``{"list", "member", "reason"}``)
+saying why; the request succeeds. A failed send is logged; asking to
+subscribe again sends a new email.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from nudgel.api.contacts.models import RequestedStatus
-from nudgel.api.lists import templates, tokens
+from nudgel.api.lists import tokens
 from nudgel.api.lists.mailer import mailer_of
+from nudgel.api.lists.rendering import RenderFailed, TemplateRenderer, renderer_of
 from nudgel.api.problems import FieldError, ProblemError, problem_type
 from nudgel.api.rules.realtime import Change
 from nudgel.api.settings import Settings
@@ -50,12 +54,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "CONFIRMATION_FAILED",
     "STATUSES",
+    "Confirming",
     "ListRow",
     "Outgoing",
     "Requested",
     "Status",
     "apply",
+    "confirming_of",
     "contact_context",
     "get_list",
     "lock_lists",
@@ -70,6 +77,8 @@ log = logging.getLogger(__name__)
 Status = Literal["pending", "subscribed", "unsubscribed", "bounced"]
 Requested = RequestedStatus
 STATUSES: tuple[Status, ...] = ("pending", "subscribed", "unsubscribed", "bounced")
+# The timeline event of a confirmation email that could not be made.
+CONFIRMATION_FAILED = "list.confirmation_failed"
 
 LIST_COLUMNS = (
     "name, title, double_opt_in, confirmation_subject, confirmation_body, landing_page,"
@@ -156,16 +165,33 @@ async def set_status(
 
 
 @dataclass(frozen=True)
+class Confirming:
+    """What confirmation emails need: the settings (links, sender), the token
+    signing key and the renderer of the lists' templates."""
+
+    settings: Settings
+    key: str
+    renderer: TemplateRenderer
+
+
+async def confirming_of(app: FastAPI, conn: AsyncConnection) -> Confirming:
+    """The app's :class:`Confirming`. Call it outside the request's transaction: a
+    signing key generated now must be stored whatever happens to the request."""
+    settings: Settings = app.state.settings
+    return Confirming(settings, await tokens.signing_key(app, conn), renderer_of(app))
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """A confirmation email, rendered in the transaction, to send after its commit."""
 
+    workspace_id: int
     message: EmailMessage
 
 
 async def subscribe(
     tx: Transaction,
-    settings: Settings,
-    key: str,
+    confirming: Confirming,
     pk: int,
     contact_id: str,
     lst: ListRow,
@@ -209,35 +235,48 @@ async def subscribe(
             ],
         )
     await set_status(tx, pk, contact_id, lst.name, "pending", source)
-    nonce = tokens.new_nonce()
+    confirm_nonce, unsubscribe_nonce = tokens.new_nonce(), tokens.new_nonce()
+    base = confirming.settings.base_url()
+    context.update(
+        list={"name": lst.name, "title": lst.title},
+        confirm_url=f"{base}/confirm/{tokens.confirm_token(confirming.key, confirm_nonce)}",
+        unsubscribe_url=f"{base}/unsubscribe/"
+        + tokens.unsubscribe_token(confirming.key, unsubscribe_nonce),
+    )
+    try:
+        message = await _message(confirming, tx.workspace_id, lst, context)
+    except _Failed as failed:
+        await _record_failure(tx, pk, lst.name, failed, source)
+        return None
     await tx.conn.execute(
         "INSERT INTO list_confirmations (nonce, workspace_id, contact_pk, list)"
         " VALUES (%s, %s, %s, %s)",
-        (nonce, tx.workspace_id, pk, lst.name),
+        (confirm_nonce, tx.workspace_id, pk, lst.name),
     )
-    base = settings.base_url()
-    unsubscribe = tokens.unsubscribe_token(
-        key, tokens.Unsubscribe(tx.workspace_id, contact_id, lst.name)
-    )
-    context.update(
-        list={"name": lst.name, "title": lst.title},
-        confirm_url=f"{base}/confirm/{tokens.confirm_token(key, nonce)}",
-        unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
-    )
-    return Outgoing(_message(settings, lst, context, pointer))
+    await tokens.store_unsubscribe(tx.conn, unsubscribe_nonce, tx.workspace_id, pk, lst.name)
+    return Outgoing(tx.workspace_id, message)
 
 
-def _message(
-    settings: Settings, lst: ListRow, context: dict[str, Any], pointer: str
+class _Failed(Exception):
+    def __init__(self, member: str, reason: str) -> None:
+        super().__init__(f"{member}: {reason}")
+        self.member = member
+        self.reason = reason
+
+
+async def _message(
+    confirming: Confirming, workspace_id: int, lst: ListRow, context: dict[str, Any]
 ) -> EmailMessage:
     parts = {}
     for member in ("confirmation_subject", "confirmation_body"):
         try:
-            parts[member] = templates.render(getattr(lst, member), context, html=False)
-        except Exception as error:
-            raise _render_problem(lst, member, error, pointer) from None
+            parts[member] = await confirming.renderer.render(
+                workspace_id, getattr(lst, member), context, html=False
+            )
+        except RenderFailed as failed:
+            raise _Failed(member, str(failed.problem)) from None
     message = EmailMessage()
-    message["From"] = settings.mail_from
+    message["From"] = confirming.settings.mail_from
     message["To"] = context["contact"]["email"]
     # One line, whatever the template's white space: a header cannot hold a line break.
     message["Subject"] = re.sub(r"\s+", " ", parts["confirmation_subject"]).strip()[:250]
@@ -254,17 +293,21 @@ def _message(
     return message
 
 
-def _render_problem(lst: ListRow, member: str, error: Exception, pointer: str) -> ProblemError:
-    problem = templates.TemplateProblem(templates.error_line(error), f"{type(error).__name__}")
-    detail = f"{problem}: {error}"
-    return ProblemError(
-        422,
-        "Template error",
-        f"The {member} of list {lst.name!r} cannot be rendered for this contact ({detail});"
-        " fix the list's template.",
-        type_=problem_type("template-error"),
-        errors=[FieldError(location="body", pointer=pointer, detail=detail, code="template")],
+async def _record_failure(
+    tx: Transaction, pk: int, list_name: str, failed: _Failed, source: str
+) -> None:
+    """The timeline says why no confirmation email was sent (the status stays)."""
+    log.warning("no confirmation email for list %r: %s", list_name, failed)
+    await tx.conn.execute(
+        "INSERT INTO events (contact_pk, name, at, props, source) VALUES (%s, %s, now(), %s, %s)",
+        (
+            pk,
+            CONFIRMATION_FAILED,
+            Jsonb({"list": list_name, "member": failed.member, "reason": failed.reason}),
+            source,
+        ),
     )
+    tx.touch(pk, Change(CONFIRMATION_FAILED, events={CONFIRMATION_FAILED}))
 
 
 async def send_all(app: FastAPI, outgoing: list[Outgoing]) -> None:
@@ -273,7 +316,7 @@ async def send_all(app: FastAPI, outgoing: list[Outgoing]) -> None:
     mailer = mailer_of(app)
     for item in outgoing:
         try:
-            await mailer.send(item.message)
+            await mailer.send(item.message, item.workspace_id)
         except Exception:
             log.exception("could not send the email to %s", item.message["To"])
 
@@ -309,8 +352,7 @@ async def lock_lists(
 
 async def apply(
     tx: Transaction,
-    settings: Settings,
-    key: str,
+    confirming: Confirming,
     pk: int,
     contact_id: str,
     requested: dict[str, Requested],
@@ -330,8 +372,7 @@ async def apply(
     for name, lst in lists.items():
         mail = await subscribe(
             tx,
-            settings,
-            key,
+            confirming,
             pk,
             contact_id,
             lst,

@@ -1,12 +1,19 @@
-"""Signed tokens for the links in list emails: confirm and unsubscribe.
+"""Tokens for the links in list emails: confirm and unsubscribe.
 
-``itsdangerous`` signs them (HMAC, URL-safe, with a timestamp for expiry);
-each purpose has its own salt, so a token made for one can never be used as
-the other. A confirm token carries only a nonce: the ``list_confirmations``
-row it names says which subscription it confirms and whether it was used
-(single use). An unsubscribe token carries the workspace, contact and list
-and never expires: people unsubscribe from old emails, and doing it twice is
-harmless.
+A token is an opaque random nonce, signed: it carries no workspace, contact,
+email or list, only the nonce (and the time it was signed), so a link that
+leaks (a forwarded email, a log, a scanner's report) tells nothing about
+who it belongs to. The nonce names a row that says what the link does:
+``list_confirmations`` (which subscription it confirms, and whether it was
+used: single use) or ``list_unsubscribe_links`` (which contact and list).
+Merges move both kinds of row to the surviving contact.
+
+``itsdangerous`` signs them (HMAC, URL-safe, with a timestamp for expiry), so
+a forged or altered token is refused before any query; each purpose has its
+own salt, so a token made for one can never be used as the other. Confirm
+tokens last ``confirmation_max_age``, unsubscribe tokens
+``unsubscribe_max_age`` (a year by default: people unsubscribe from old
+emails; doing it twice is harmless).
 
 The signing key is ``NUDGEL_SECRET_KEY`` when set, else one generated once and
 stored in the database (``service_secrets``), so links survive restarts and
@@ -33,6 +40,8 @@ __all__ = [
     "read_confirm_token",
     "read_unsubscribe_token",
     "signing_key",
+    "store_unsubscribe",
+    "unsubscribe_target",
     "unsubscribe_token",
 ]
 
@@ -85,36 +94,53 @@ def confirm_token(key: str, nonce: str) -> str:
 
 def read_confirm_token(key: str, token: str, max_age: int) -> str:
     """The nonce of a valid confirm token; raises InvalidToken or ExpiredToken."""
-    payload = _load(key, _CONFIRM_SALT, token, max_age)
-    nonce = payload.get("n") if isinstance(payload, dict) else None
-    if not isinstance(nonce, str):
-        raise InvalidToken(token)
-    return nonce
+    return _nonce(_load(key, _CONFIRM_SALT, token, max_age), token)
+
+
+def unsubscribe_token(key: str, nonce: str) -> str:
+    return _serializer(key, _UNSUBSCRIBE_SALT).dumps({"n": nonce})
+
+
+def read_unsubscribe_token(key: str, token: str, max_age: int) -> str:
+    """The nonce of a valid unsubscribe token; raises InvalidToken or ExpiredToken."""
+    return _nonce(_load(key, _UNSUBSCRIBE_SALT, token, max_age), token)
 
 
 @dataclass(frozen=True)
 class Unsubscribe:
+    """What an unsubscribe link unsubscribes."""
+
     workspace_id: int
-    contact_id: str
+    contact_pk: int
     list: str
 
 
-def unsubscribe_token(key: str, target: Unsubscribe) -> str:
-    return _serializer(key, _UNSUBSCRIBE_SALT).dumps(
-        [target.workspace_id, target.contact_id, target.list]
+async def store_unsubscribe(
+    conn: AsyncConnection, nonce: str, workspace_id: int, contact_pk: int, list_name: str
+) -> None:
+    """Keep what the unsubscribe link with ``nonce`` names (in the caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO list_unsubscribe_links (nonce, workspace_id, contact_pk, list)"
+        " VALUES (%s, %s, %s, %s)",
+        (nonce, workspace_id, contact_pk, list_name),
     )
 
 
-def read_unsubscribe_token(key: str, token: str) -> Unsubscribe:
-    payload = _load(key, _UNSUBSCRIBE_SALT, token, None)
-    if (
-        not isinstance(payload, list)
-        or len(payload) != 3
-        or not isinstance(payload[0], int)
-        or not all(isinstance(p, str) for p in payload[1:])
-    ):
+async def unsubscribe_target(conn: AsyncConnection, nonce: str) -> Unsubscribe | None:
+    """What the link unsubscribes; None when its contact was deleted since."""
+    cur = await conn.execute(
+        "SELECT workspace_id, contact_pk, list FROM list_unsubscribe_links WHERE nonce = %s",
+        (nonce,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else Unsubscribe(int(row[0]), int(row[1]), str(row[2]))
+
+
+def _nonce(payload: Any, token: str) -> str:
+    nonce = payload.get("n") if isinstance(payload, dict) else None
+    if not isinstance(nonce, str):
         raise InvalidToken(token)
-    return Unsubscribe(payload[0], payload[1], payload[2])
+    return nonce
 
 
 def _load(key: str, salt: str, token: str, max_age: int | None) -> Any:

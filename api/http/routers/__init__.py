@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from nudgel.api.http.routers import (
     contacts,
+    dev_inbox,
     events,
     fields,
     history,
@@ -37,4 +38,5 @@ ROUTERS: list[APIRouter] = [
     lists.router,
     subscriptions.router,
     keys.router,
+    dev_inbox.router,
 ]

@@ -31,7 +31,6 @@ from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.routers.common import Conn, resource_router, settings_of
 from nudgel.api.http.writes import PostWriter, Writer, replayable
 from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists import tokens
 from nudgel.api.problems import ProblemError
 
 
@@ -78,11 +77,11 @@ async def upsert_contact(body: ContactUpsert, writer: PostWriter, request: Reque
     except IdentifierError as error:
         raise identifier_problem(error) from None
     # Outside the transaction: a signing key generated now is stored whatever happens.
-    key = await tokens.signing_key(request.app, writer.conn) if body.subscriptions else ""
+    confirming = await subscribing.confirming_of(request.app, writer.conn)
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
-        saved = await upserting.upsert_contact(tx, settings, key, body, identifiers)
+        saved = await upserting.upsert_contact(tx, confirming, body, identifiers)
         response = await tx.respond(saved.status, saved.contact)
     await subscribing.send_all(request.app, saved.outgoing)
     return response

@@ -37,7 +37,6 @@ from nudgel.api.jobs.imports import (
     start_import,
 )
 from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists import tokens
 from nudgel.api.problems import FieldError, ProblemError, problem_type
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -268,8 +267,8 @@ async def create_import(
     lists = None
     if list_name is not None:
         # Outside the transaction: a signing key generated now is stored whatever happens.
-        key = await tokens.signing_key(request.app, conn)
-        lists = ListContext(settings, key, partial(subscribing.send_all, request.app))
+        confirming = await subscribing.confirming_of(request.app, conn)
+        lists = ListContext(confirming, partial(subscribing.send_all, request.app))
     async with conn.transaction():
         tx = RequestTransaction(conn, auth.workspace_id, _key=idempotency_key)
         if idempotency_key is not None:

@@ -3,14 +3,15 @@
 A contact's status on a list is set by ``POST /v1/contacts/{id}/subscriptions``
 or the ``subscriptions`` of an upsert (``nudgel.api.lists.subscriptions``); rules read
 it as ``subscribed "NAME"``. The templates (confirmation subject and body,
-landing page) are checked when saved (``nudgel.api.lists.templates.check``): a
-syntax error, an unknown name or a failing trial render is a 422 naming the
-member and the template's line.
+landing page) are checked when saved, in a render worker process with the
+template limits (``nudgel.api.lists.rendering.list_template_errors``): a
+syntax error, an unknown name, a failing trial render or one past a limit
+(time, output size) is a 422 naming the member, the template's line and the
+limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -20,10 +21,16 @@ from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.routers.common import Conn, resource_router
-from nudgel.api.http.writes import PostWriter, RequestTransaction, Writer, replayable
-from nudgel.api.lists import templates
+from nudgel.api.http.writes import (
+    PostWriter,
+    RequestTransaction,
+    WriteContext,
+    Writer,
+    replayable,
+)
+from nudgel.api.lists.rendering import list_template_errors, renderer_of
 from nudgel.api.lists.subscriptions import LIST_COLUMNS
-from nudgel.api.problems import FieldError, ProblemError, problem_type
+from nudgel.api.problems import ProblemError, problem_type
 from nudgel.api.rules.realtime import Change
 from psycopg.rows import dict_row
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -67,12 +74,6 @@ _TEMPLATE_DOC = (
     " `whatsapp_id`, `external_id`, `name`, `fields`), `fields`, `list` (`name`, `title`)"
     " and `unsubscribe_url`"
 )
-# (member, is HTML, names it may use)
-_TEMPLATES: list[tuple[str, bool, frozenset[str]]] = [
-    ("confirmation_subject", False, templates.TEXT_NAMES),
-    ("confirmation_body", False, templates.TEXT_NAMES),
-    ("landing_page", True, templates.PAGE_NAMES),
-]
 
 
 class ListCreate(BaseModel):
@@ -147,15 +148,12 @@ class DeletedList(BaseModel):
 NameParam = Annotated[str, Path(description="The list's name.")]
 
 
-async def _check_templates(values: dict[str, Any]) -> None:
-    """422 with every template that cannot be saved, its member and line.
-
-    The check compiles and trial-renders user-written code: in a worker
-    thread, so a slow template never stalls the event loop. (A template
-    that loops for very long still occupies its thread; saving lists is for
-    the workspace's own users.)
-    """
-    errors = await asyncio.to_thread(_template_errors, values)
+async def _check_templates(writer: WriteContext, values: dict[str, Any]) -> None:
+    """422 with every template that cannot be saved, its member and line (the
+    checks run in the render worker processes, with their limits)."""
+    errors = await list_template_errors(
+        renderer_of(writer.request.app), writer.workspace_id, values
+    )
     if errors:
         raise ProblemError(
             422,
@@ -164,32 +162,6 @@ async def _check_templates(values: dict[str, Any]) -> None:
             type_=problem_type("validation"),
             errors=errors,
         )
-
-
-def _template_errors(values: dict[str, Any]) -> list[FieldError]:
-    errors = []
-    for member, html, names in _TEMPLATES:
-        problem = templates.check(values[member], html=html, names=names)
-        if problem is not None:
-            errors.append(
-                FieldError(
-                    location="body", pointer=f"/{member}", detail=str(problem), code="template"
-                )
-            )
-    if (
-        values["double_opt_in"]
-        and not errors
-        and "confirm_url" not in templates.names_used(values["confirmation_body"])
-    ):
-        errors.append(
-            FieldError(
-                location="body",
-                pointer="/confirmation_body",
-                detail="a double opt-in list's email must contain {{ confirm_url }}",
-                code="template",
-            )
-        )
-    return errors
 
 
 def _not_found(name: str) -> ProblemError:
@@ -207,7 +179,7 @@ def _not_found(name: str) -> ProblemError:
 )
 async def create_list(body: ListCreate, writer: PostWriter) -> object:
     values = body.model_dump()
-    await _check_templates(values)
+    await _check_templates(writer, values)
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
@@ -284,7 +256,7 @@ async def update_list(name: NameParam, body: ListUpdate, writer: Writer) -> obje
         changed = {k: v for k, v in given.items() if getattr(before, k) != v}
         if not changed:
             return await tx.respond(200, before)
-        await _check_templates({**before.model_dump(), **changed})
+        await _check_templates(writer, {**before.model_dump(), **changed})
         assignments = ", ".join(f"{column} = %({column})s" for column in changed)
         await cur.execute(
             f"UPDATE lists SET {assignments}, updated_at = now()"
@@ -324,7 +296,7 @@ async def _remove_subscriptions(tx: RequestTransaction, name: str) -> int:
     response_model=DeletedList,
     summary="Delete a list",
     description="Deletes the list and every contact's status on it (rules see the contacts"
-    " leave it; no per-contact events); confirm links sent for it stop working."
+    " leave it; no per-contact events); confirm and unsubscribe links sent for it stop working."
     " Fires `list.deleted`.",
     responses=problem_responses(404),
 )
@@ -341,6 +313,10 @@ async def delete_list(name: NameParam, writer: Writer) -> object:
         removed = await _remove_subscriptions(tx, name)
         await tx.conn.execute(
             "DELETE FROM list_confirmations WHERE workspace_id = %s AND list = %s",
+            (tx.workspace_id, name),
+        )
+        await tx.conn.execute(
+            "DELETE FROM list_unsubscribe_links WHERE workspace_id = %s AND list = %s",
             (tx.workspace_id, name),
         )
         deleted = DeletedList(name=name, subscriptions_removed=removed)

@@ -13,10 +13,9 @@ from fastapi import Path, Request
 from nudgel.api.contacts.models import DEFAULT_SOURCE, ContactOut, ListName, Source
 from nudgel.api.contacts.views import contact_views, lock_contact
 from nudgel.api.http.problems import problem_responses
-from nudgel.api.http.routers.common import resource_router, settings_of
+from nudgel.api.http.routers.common import resource_router
 from nudgel.api.http.writes import PostWriter, replayable
 from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists import tokens
 from pydantic import BaseModel, ConfigDict, Field
 
 router, OPENAPI_TAG = resource_router(
@@ -58,9 +57,8 @@ class SubscriptionRequest(BaseModel):
 async def set_subscription(
     contact_id: IdParam, body: SubscriptionRequest, writer: PostWriter, request: Request
 ) -> object:
-    settings = settings_of(request)
     # Outside the transaction: a key generated now must be stored whatever happens to it.
-    key = await tokens.signing_key(request.app, writer.conn)
+    confirming = await subscribing.confirming_of(request.app, writer.conn)
     async with writer.transaction() as tx:
         if tx.replay is not None:
             return tx.replay
@@ -68,8 +66,7 @@ async def set_subscription(
         pk = await lock_contact(tx.conn, tx.workspace_id, contact_id)
         outgoing = await subscribing.apply(
             tx,
-            settings,
-            key,
+            confirming,
             pk,
             contact_id,
             {body.list: body.status},
