@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from nudgel.api.db.pool import make_pool, pool_of
 from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
@@ -143,7 +144,8 @@ def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
-    app = FastAPI(
+    # Swagger UI and ReDoc from files in the package: /docs works offline.
+    app = FastAPIOffline(
         title="Nudgel",
         version=__version__,
         description=DESCRIPTION,

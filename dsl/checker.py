@@ -10,8 +10,9 @@ half-loaded.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 
 from nudgel.dsl import ast
@@ -129,6 +130,8 @@ class _Checker:
     edges: dict[Node, list[tuple[Node, Span]]] = field(default_factory=dict)
     depth: int = 0
     too_deep_reported: bool = False
+    # Undeclared field -> the type its uses suggest (for E200's help), on demand.
+    field_hints: dict[str, str] | None = None
 
     def report(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
@@ -768,12 +771,15 @@ class _Checker:
             return node
         decl = self.fields.get(node.name)
         if decl is None:
+            if self.field_hints is None:
+                self.field_hints = usage_types(self.files)
+            hint = self.field_hints.get(node.name, "text")
             self.unknown(
                 node.span,
                 "field",
                 node.name,
                 self.fields,
-                help=f"declare it: `field {node.name}: text`",
+                help=f"declare it: `field {node.name}: {hint}`",
             )
             return node
         self.used_fields.add(node.name)
@@ -886,10 +892,68 @@ def _source_hint(value: ast.Value) -> str:
 def _mismatch_help(left: ast.Value, right: ast.Value) -> str | None:
     for value, literal in ((left, right), (right, left)):
         if value.type is Type.NUMBER and isinstance(literal, ast.TextLiteral):
-            return f"write the number without quotes: {literal.value}"
+            if _NUMBER.fullmatch(literal.value.strip()):
+                return f"write the number without quotes: {literal.value.strip()}"
+            return f"{_describe_value(value)} is a number: compare it with a number, e.g. 5000"
         if value.type.is_text_like and isinstance(literal, ast.NumberLiteral):
             return f'write the text in quotes: "{literal.value}"'
     return None
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _literal_type(value: ast.Value) -> str | None:
+    if isinstance(value, ast.NumberLiteral):
+        return "number"
+    if isinstance(value, ast.BoolLiteral):
+        return "bool"
+    if isinstance(value, ast.TimeLiteral | ast.Now | ast.TimeShift):
+        return "timestamp"
+    if isinstance(value, ast.TextLiteral):
+        return "text"
+    if isinstance(value, ast.ListLiteral) and value.items:
+        return _literal_type(value.items[0])
+    return None
+
+
+def _walk(node: object) -> Iterator[object]:
+    yield node
+    if isinstance(node, tuple):
+        for item in node:
+            yield from _walk(item)
+    elif isinstance(node, ast.Node):
+        for f in fields(node):
+            if f.name != "span":
+                yield from _walk(getattr(node, f.name))
+
+
+def usage_types(files: Sequence[ast.RuleFile]) -> dict[str, str]:
+    """For each field read in ``files``, the type its uses suggest: what it is
+    compared with (``fields.ltv > 5000``: number), json when a path reads into
+    it, bool when it stands alone as a condition, text otherwise."""
+    hints: dict[str, str] = {}
+    for node in _walk(tuple(files)):
+        operands: tuple[object, ...] = ()
+        if isinstance(node, ast.Compare):
+            operands = (node.left, node.right)
+        elif isinstance(node, ast.InList):
+            operands = (node.value, node.items)
+        elif isinstance(node, ast.Between):
+            operands = (node.value, node.low, node.high)
+        elif isinstance(node, ast.TextMatch | ast.Matches):
+            operands = (node.value,)
+        elif isinstance(node, ast.Truthy) and isinstance(node.value, ast.FieldRef):
+            hints.setdefault(node.value.name, "bool")
+        elif isinstance(node, ast.FieldRef) and node.path:
+            hints[node.name] = "json"
+        for operand in operands:
+            if isinstance(operand, ast.FieldRef) and not operand.path:
+                others = [o for o in operands if o is not operand and isinstance(o, ast.Value)]
+                found = next((t for o in others if (t := _literal_type(o)) is not None), None)
+                if found is not None or isinstance(node, ast.TextMatch | ast.Matches):
+                    hints.setdefault(operand.name, found or "text")
+    return hints
 
 
 def iter_values(expr: ast.Expr) -> Iterator[ast.Value]:

@@ -241,7 +241,38 @@ def _syntax_diagnostic(error: UnexpectedInput, source: str, path: str) -> Diagno
     return SYNTAX(span, message=message, help=_syntax_help(source, span))
 
 
+_BAD_DURATION = re.compile(r"(\d+)([A-Za-z]+)")
+_UNIT_ADVICE = {
+    "mo": ("months", 30),
+    "mon": ("months", 30),
+    "month": ("months", 30),
+    "months": ("months", 30),
+    "y": ("years", 365),
+    "yr": ("years", 365),
+    "yrs": ("years", 365),
+    "year": ("years", 365),
+    "years": ("years", 365),
+}
+
+
+def _describe_bad_duration(source: str, pos: int) -> str | None:
+    match = _BAD_DURATION.match(source, pos)
+    if match is None:
+        return None
+    amount, unit = int(match.group(1)), match.group(2)
+    advice = _UNIT_ADVICE.get(unit.lower())
+    if advice is not None:
+        what, days = advice
+        return f"{what} are not a unit; use days: {amount * days}d"
+    return (
+        f"`{match.group(0)}` is not a duration: write a whole number and one of the units"
+        " s, m, h, d, w (e.g. 30d)"
+    )
+
+
 def _describe_bad_character(char: str, source: str, pos: int) -> str:
+    if char.isdigit() and (duration := _describe_bad_duration(source, pos)) is not None:
+        return duration
     if char == '"':
         return "unterminated or invalid string (strings end on the same line; escapes as in JSON)"
     if char.isupper():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -583,3 +584,13 @@ def test_nudgel_serve_answers(migrated_url: str) -> None:
             proc.kill()
             output = proc.communicate()[0]
     assert f"http://127.0.0.1:{port}" in output
+
+
+def test_the_docs_work_offline(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn" not in html.lower() and "https://" not in html.replace("https://fonts", "")
+        assets = re.findall(r'(?:src|href)="(/static-offline-docs/[^"]+)"', html)
+        assert assets, html
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset

@@ -579,7 +579,9 @@ def test_nudgel_import_renders_confirmations_in_workers(migrated_url: str, tmp_p
         csv = tmp_path / "people.csv"
         # Ten letters: 10,000 x 10,000 loops, past the 1 s limit (within the range limit).
         csv.write_text("email,name\nok@example.com,\nslow@example.com,Ada Lovela\n")
-        done = nudgel(migrated_url, "import", str(csv), "--workspace", name, "--list", "news")
+        done = nudgel(
+            migrated_url, "import", str(csv), "--workspace", name, "--test", "--list", "news"
+        )
         assert done.returncode == 0, done.stderr
         with psycopg.connect(migrated_url) as conn:
             kept = conn.execute(

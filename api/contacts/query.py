@@ -56,8 +56,14 @@ def _into_expr(diagnostic: Diagnostic, expr: str) -> Diagnostic | None:
     if span.line < 2 or span.line > last_line + 1:
         if not diagnostic.is_error:
             return None
-        # Found past EXPR (at the closing brace or a declaration): the end of EXPR.
-        return replace(diagnostic, span=Span(FILE, last_line, end_column, last_line, end_column))
+        # Found past EXPR (at the closing brace or a declaration): the end of
+        # EXPR, in its words (the brace is the wrapper's, not the user's).
+        message = diagnostic.message.replace("unexpected `}`", "the condition ends too early")
+        return replace(
+            diagnostic,
+            message=message,
+            span=Span(FILE, last_line, end_column, last_line, end_column),
+        )
     end_line, end_col = span.end_line - 1, span.end_column
     if end_line > last_line:
         end_line, end_col = last_line, end_column

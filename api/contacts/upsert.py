@@ -69,7 +69,7 @@ async def upsert_contact(
     ``confirming`` makes any confirmation email (the caller gets it outside
     the transaction, so a new signing key is kept whatever happens to this one).
     """
-    check_fields(body.fields, settings)
+    check_fields(body.fields, confirming.settings)
     written = await fields_for_write(tx, body.fields)
     req = UpsertInput(
         identifiers=identifiers,
