@@ -242,6 +242,13 @@ def _syntax_diagnostic(error: UnexpectedInput, source: str, path: str) -> Diagno
 
 
 _BAD_DURATION = re.compile(r"(\d+)([A-Za-z]+)")
+_UNIT_NAMES = {
+    **dict.fromkeys(("sec", "secs", "second", "seconds"), "s"),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), "m"),
+    **dict.fromkeys(("hr", "hrs", "hour", "hours"), "h"),
+    **dict.fromkeys(("day", "days"), "d"),
+    **dict.fromkeys(("wk", "wks", "week", "weeks"), "w"),
+}
 _UNIT_ADVICE = {
     "mo": ("months", 30),
     "mon": ("months", 30),
@@ -260,6 +267,9 @@ def _describe_bad_duration(source: str, pos: int) -> str | None:
     if match is None:
         return None
     amount, unit = int(match.group(1)), match.group(2)
+    short = _UNIT_NAMES.get(unit.lower())
+    if short is not None:
+        return f"`{match.group(0)}` is not a duration: write {amount}{short}"
     advice = _UNIT_ADVICE.get(unit.lower())
     if advice is not None:
         what, days = advice
@@ -288,9 +298,11 @@ def _describe_bad_character(char: str, source: str, pos: int) -> str:
 
 
 def _syntax_help(source: str, span: Span) -> str | None:
-    line = source.split("\n")[span.line - 1] if source else ""
-    before = line[: span.column - 1].rstrip()
-    if before.endswith(("and", "or", "not")) and line[span.column - 1 :].startswith("}"):
+    lines = source.split("\n") if source else [""]
+    line = lines[span.line - 1] if span.line <= len(lines) else ""
+    # What precedes the error, across lines (`and` may end the line before `}`).
+    before = "\n".join([*lines[: span.line - 1], line[: span.column - 1]]).rstrip()
+    if re.search(r"\b(and|or|not)$", before) and line[span.column - 1 :].startswith("}"):
         return "a condition must follow `and`, `or` and `not`"
     return None
 

@@ -157,4 +157,6 @@ def test_strings_cannot_hold_nul() -> None:
 
 
 def test_durations_are_units_not_names() -> None:
-    assert error('segment s { event "x" within 30days }')[2].startswith("unexpected")
+    assert error('segment s { event "x" within 30days }')[2] == (
+        "`30days` is not a duration: write 30d"
+    )
