@@ -13,6 +13,7 @@ from nudgel.api.db.embedded import database_url_from_env
 from nudgel.api.db.pool import make_pool
 from nudgel.api.rules.backfill import run_backfill
 from nudgel.api.rules.deploy import deploy, verify
+from nudgel.api.rules.store import pull_files
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
 from nudgel.cli.rulec import collect_rule_files
@@ -107,3 +108,35 @@ async def _verify(workspace: str, test_mode: bool) -> int:
         click.echo(str(drift))
     click.echo(f"{len(drifts)} difference{'s' if len(drifts) != 1 else ''}", err=True)
     return 1 if drifts else 0
+
+
+@rules.command(name="pull")
+@click.argument("directory", type=click.Path(file_okay=False))
+@workspace_options
+def pull(directory: str, workspace: str, test_mode: bool) -> None:
+    """Write the workspace's deployed rule files, and its fields as
+    `workspace_fields.rules`, into DIRECTORY, so that `rulec check DIRECTORY`
+    checks the names and types a deploy will see. Files of the same names are
+    overwritten; others are left alone."""
+    files = asyncio.run(_pull(workspace, test_mode))
+    target = Path(directory).resolve()
+    for name, text in sorted(files.items()):
+        path = (target / name).resolve()
+        # File names come from whoever deployed: never write outside DIRECTORY.
+        if not path.is_relative_to(target):
+            raise click.ClickException(f"refusing to write {name!r} outside {directory}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        click.echo(str(path))
+    click.echo(f"pulled {len(files)} file{'s' if len(files) != 1 else ''}", err=True)
+
+
+async def _pull(workspace: str, test_mode: bool) -> dict[str, str]:
+    pool = _pool()
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            workspace_id = await resolve_workspace(conn, workspace, test_mode)
+            return await pull_files(conn, workspace_id)
+    finally:
+        await pool.close()

@@ -928,6 +928,11 @@ def _walk(node: object) -> Iterator[object]:
                 yield from _walk(getattr(node, f.name))
 
 
+def fields_read(files: Sequence[ast.RuleFile]) -> set[str]:
+    """The names of every field the rules in ``files`` read (``fields.NAME``)."""
+    return {node.name for node in _walk(tuple(files)) if isinstance(node, ast.FieldRef)}
+
+
 def usage_types(files: Sequence[ast.RuleFile]) -> dict[str, str]:
     """For each field read in ``files``, the type its uses suggest: what it is
     compared with (``fields.ltv > 5000``: number), json when a path reads into

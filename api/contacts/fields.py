@@ -25,13 +25,13 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from nudgel.api.problems import FieldError, ProblemError, problem_type
+from nudgel.api.rules.store import field_types
 from nudgel.api.transaction import Transaction
 from nudgel.compiler.sql import json_text
-from nudgel.dsl.ast import FIELD_TYPES, Type
+from nudgel.dsl.ast import Type
 from nudgel.dsl.parser import KEYWORDS
 from nudgel.runtime.contact import DataError, load_contact
 from nudgel.runtime.pgload import stored_field
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 __all__ = ["FieldWrite", "field_types", "fields_for_write", "stored_fields_json"]
@@ -42,14 +42,6 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TIMESTAMP = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
 )
-
-
-async def field_types(conn: AsyncConnection, workspace_id: int) -> dict[str, Type]:
-    cur = await conn.execute(
-        "SELECT name, type FROM field_definitions WHERE workspace_id = %s ORDER BY name",
-        (workspace_id,),
-    )
-    return {name: FIELD_TYPES[type_name] for name, type_name in await cur.fetchall()}
 
 
 def _invalid(name: str, detail: str, code: str, within: str) -> ProblemError:

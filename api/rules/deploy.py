@@ -26,8 +26,10 @@ from nudgel.api.rules.store import (
     DeployedRules,
     compile_for_workspace,
     current_rules,
+    declared_fields,
     store_version,
 )
+from nudgel.api.webhooks import outbox
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.dsl.diagnostics import Diagnostic
 from nudgel.runtime.dependencies import NodeKey
@@ -49,10 +51,17 @@ class Deployment:
 
 
 async def deploy(conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]) -> Deployment:
-    """In the caller's transaction. ``version`` is None when there are errors."""
-    result = compile_for_workspace(files, await field_types(conn, workspace_id))
+    """In the caller's transaction. ``version`` is None when there are errors.
+
+    The files' field declarations are the workspace's schema: a declared field
+    the workspace lacks is created (``field.created``); one declared with
+    another type than the workspace's refuses the deploy (E271) before
+    anything changes."""
+    definitions = await field_types(conn, workspace_id)
+    result = compile_for_workspace(files, definitions, new_fields=True)
     if result.rules is None:
         return Deployment(result.diagnostics)
+    await _create_declared_fields(conn, workspace_id, files, definitions)
     previous = await current_rules(conn, workspace_id)
     if previous is not None and dict(previous.files) == dict(files):
         return Deployment(result.diagnostics, previous.version, unchanged=True, deployed=previous)
@@ -63,6 +72,28 @@ async def deploy(conn: AsyncConnection, workspace_id: int, files: Mapping[str, s
     await _drop_removed(conn, workspace_id, deployed)
     job_id = await create_job(conn, workspace_id, "backfill")
     return Deployment(result.diagnostics, version, job_id, deployed=deployed, silent=silent)
+
+
+async def _create_declared_fields(
+    conn: AsyncConnection,
+    workspace_id: int,
+    files: Mapping[str, str],
+    definitions: Mapping[str, Any],
+) -> None:
+    for name, type_name in sorted(declared_fields(files).items()):
+        if name in definitions:
+            continue
+        cur = await conn.execute(
+            "INSERT INTO field_definitions (workspace_id, name, type) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING created_at",
+            (workspace_id, name, type_name),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            data = {"object": "field", "name": name, "type": type_name}
+            await outbox.record(
+                conn, workspace_id, "field.created", {**data, "created_at": row[0].isoformat()}
+            )
 
 
 async def _drop_removed(conn: AsyncConnection, workspace_id: int, deployed: DeployedRules) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from nudgel.dsl import ast
 from nudgel.dsl.ast import FIELD_TYPES
-from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
+from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources, fields_read
 from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic, InternalError
 from nudgel.dsl.parser import KEYWORDS, parse
 from nudgel.runtime.dependencies import DependencySet, NodeKey
@@ -37,10 +37,30 @@ __all__ = [
 WORKSPACE_FIELDS = "<workspace fields>"
 
 
+def declared_fields(files: Mapping[str, str]) -> dict[str, str]:
+    """The fields ``files`` declare, name -> type name (first declaration wins)."""
+    declared: dict[str, str] = {}
+    for path in sorted(files):
+        parsed = parse(files[path], path)
+        if parsed.file is not None:
+            for decl in parsed.file.declarations:
+                if isinstance(decl, ast.FieldDecl):
+                    declared.setdefault(decl.name, decl.type_name)
+    return declared
+
+
 def compile_for_workspace(
-    files: Mapping[str, str], definitions: Mapping[str, ast.Type]
+    files: Mapping[str, str],
+    definitions: Mapping[str, ast.Type],
+    *,
+    new_fields: bool = False,
 ) -> CheckResult:
-    """Check ``files`` with the workspace's field definitions declared."""
+    """Check ``files`` with the workspace's field definitions declared.
+
+    A field the files declare that the workspace lacks is an error (E270),
+    unless ``new_fields``: a deploy creates it (the rule files are the
+    workspace's schema). A declaration whose type differs from the
+    workspace's is always an error (E271)."""
     declared: dict[str, ast.FieldDecl] = {}
     extra: list[Diagnostic] = []
     for path in sorted(files):
@@ -52,6 +72,8 @@ def compile_for_workspace(
                 continue
             declared.setdefault(decl.name, decl)
             defined = definitions.get(decl.name)
+            if defined is None and new_fields:
+                continue
             if defined is None:
                 extra.append(
                     FIELD_NOT_DEFINED(
@@ -201,3 +223,46 @@ async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+PULLED_FIELDS = "workspace_fields.rules"
+
+
+async def pull_files(conn: AsyncConnection, workspace_id: int) -> dict[str, str]:
+    """The workspace's rules as files to keep in a repository: the deployed files,
+    and ``workspace_fields.rules`` declaring the workspace's fields they read
+    without declaring (so ``rulec check`` sees the names and types a deploy
+    will), with the other fields listed in comments."""
+    definitions = await field_types(conn, workspace_id)
+    deployed = await current_rules(conn, workspace_id)
+    files = dict(deployed.files) if deployed is not None else {}
+    parsed = [p.file for path in sorted(files) if (p := parse(files[path], path)).file is not None]
+    declared = declared_fields(files)
+    read = fields_read(parsed)
+    lines = [
+        "# The workspace's custom fields the rules read without declaring them,",
+        "# as `nudgel rules pull` wrote them; a deploy checks the same names and types.",
+    ]
+    lines += [
+        f"field {name}: {type_.value}"
+        for name, type_ in sorted(definitions.items())
+        if name in read and name not in declared and name not in KEYWORDS
+    ]
+    others = [
+        f"# field {name}: {type_.value}"
+        for name, type_ in sorted(definitions.items())
+        if name not in read and name not in declared and name not in KEYWORDS
+    ]
+    if others:
+        lines += ["", "# Also defined in the workspace, not read by these rules:", *others]
+    files[PULLED_FIELDS] = "\n".join(lines) + "\n"
+    return files
+
+
+async def field_types(conn: AsyncConnection, workspace_id: int) -> dict[str, ast.Type]:
+    """The workspace's field definitions: name -> type."""
+    cur = await conn.execute(
+        "SELECT name, type FROM field_definitions WHERE workspace_id = %s ORDER BY name",
+        (workspace_id,),
+    )
+    return {name: FIELD_TYPES[type_name] for name, type_name in await cur.fetchall()}
