@@ -15,6 +15,7 @@ from nudgel.api.keys.store import IssuedKey
 from test_api_contacts import contacts_client
 from test_api_foundation import assert_problem, bearer, outbox_types
 from test_api_realtime import deploy
+from workspaces import drop_workspace, new_key
 
 pytestmark = pytest.mark.postgres
 
@@ -509,3 +510,48 @@ def test_rules_count_list_events_on_the_timeline(client: TestClient, key: Issued
     set_status(client, key, cid, list="news", status="unsubscribed")
     detail = client.get(f"/v1/contacts/{cid}", headers=bearer(key)).json()
     assert detail["segments"] == ["churned"]
+
+
+def test_a_lists_contacts_by_status(client: TestClient, key: IssuedKey, migrated_url: str) -> None:
+    h = bearer(key)
+    assert (
+        client.post("/v1/lists", json={"name": "news", "title": "News"}, headers=h).status_code
+        == 201
+    )
+    ids = {}
+    for email, status in (
+        ("a@example.com", "subscribed"),
+        ("b@example.com", "unsubscribed"),
+        ("c@example.com", "subscribed"),
+    ):
+        made = client.post(
+            "/v1/contacts", json={"email": email, "subscriptions": {"news": status}}, headers=h
+        )
+        assert made.status_code == 201, made.text
+        ids[email] = made.json()["id"]
+    client.post("/v1/contacts", json={"email": "d@example.com"}, headers=h)
+    every = client.get("/v1/lists/news/contacts", headers=h).json()
+    assert [c["email"] for c in every["data"]] == sorted(ids, key=ids.__getitem__)
+    subscribed = client.get(
+        "/v1/lists/news/contacts", params={"status": "subscribed", "limit": 1}, headers=h
+    ).json()
+    assert subscribed["has_more"] is True and len(subscribed["data"]) == 1
+    rest = client.get(
+        "/v1/lists/news/contacts",
+        params={"status": "subscribed", "starting_after": subscribed["next_cursor"]},
+        headers=h,
+    ).json()
+    assert {c["email"] for c in subscribed["data"] + rest["data"]} == {
+        "a@example.com",
+        "c@example.com",
+    }
+    assert_problem(
+        client.get("/v1/lists/news/contacts", params={"status": "maybe"}, headers=h), 422
+    )
+    assert_problem(client.get("/v1/lists/nope/contacts", headers=h), 404)
+    assert_problem(client.get("/v1/lists/news/contacts"), 401)
+    other = new_key(migrated_url)
+    try:
+        assert_problem(client.get("/v1/lists/news/contacts", headers=bearer(other)), 404)
+    finally:
+        drop_workspace(migrated_url, other.workspace_id)
