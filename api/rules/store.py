@@ -11,10 +11,12 @@ about any other could never hold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl import ast
 from nudgel.dsl.ast import FIELD_TYPES
 from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
@@ -30,6 +32,9 @@ __all__ = [
     "DeployedRules",
     "compile_for_workspace",
     "current_rules",
+    "definitions_of",
+    "field_signature",
+    "remember",
     "rules_and_now",
     "store_version",
 ]
@@ -104,9 +109,15 @@ class DeployedRules:
     dependencies: Mapping[NodeKey, DependencySet]
     # Event names the rules read (None: every event, `event *` is used).
     event_names: frozenset[str] | None
+    # (max_columns, batch) -> the backfill's queries, compiled on first use.
+    _queries: dict[tuple[int, bool], tuple[CompiledQuery, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, version: int, files: Mapping[str, str], rules: CheckedRules) -> DeployedRules:
+        """Compile the program and time plan: CPU-bound (a second for thousands
+        of segments), so callers on the event loop run it in a worker thread."""
         program = Program.compile(rules)
         names: set[str] = set()
         any_event = False
@@ -123,24 +134,76 @@ class DeployedRules:
             None if any_event else frozenset(names),
         )
 
+    @property
+    def nodes(self) -> int:
+        """How many segments and scores (``rules_max_nodes`` bounds it)."""
+        return len(self.rules.segments) + len(self.rules.scores)
 
-# (workspace, version, field definitions) -> compiled rules. Compiling is
-# milliseconds to a second; every mutation needs the program.
+    def queries(self, max_columns: int, *, batch: bool = True) -> tuple[CompiledQuery, ...]:
+        """Every segment, score and the stage as SQL (``SqlCompiler.everything_chunks``),
+        compiled once per version; CPU-bound, so call it in a worker thread.
+        ``QueryTooWide`` when one node needs more than ``max_columns``."""
+        key = (max_columns, batch)
+        found = self._queries.get(key)
+        if found is None:
+            chunks = SqlCompiler(self.rules).everything_chunks(max_columns, batch=batch)
+            found = self._queries[key] = tuple(chunks)
+        return found
+
+
+# (workspace, rule set id, field definitions) -> compiled rules. Compiling is
+# milliseconds to seconds; every mutation needs the program. The rule set's id
+# (never reused, unlike a version number whose deploy rolled back) lets a
+# deploy put what it compiled here before it commits.
 _compiled: dict[tuple[int, int, str], DeployedRules] = {}
 
 
 # One round trip for what every mutation needs: the version in force, the
 # field definitions it compiles against, and the workspace's evaluation instant.
-_CURRENT = """
-SELECT r.version,
-       (SELECT coalesce(json_agg(json_build_array(f.name, f.type) ORDER BY f.name), '[]')::text
-          FROM field_definitions f WHERE f.workspace_id = w.id),
-       coalesce(w.test_clock, now())
+_SIGNATURE = """
+(SELECT coalesce(json_agg(json_build_array(f.name, f.type) ORDER BY f.name), '[]')::text
+   FROM field_definitions f WHERE f.workspace_id = w.id)
+"""
+_CURRENT = f"""
+SELECT r.version, r.id, {_SIGNATURE}, coalesce(w.test_clock, now())
   FROM workspaces w
-  LEFT JOIN LATERAL (SELECT version FROM rule_sets
+  LEFT JOIN LATERAL (SELECT version, id FROM rule_sets
                       WHERE workspace_id = w.id ORDER BY version DESC LIMIT 1) r ON true
  WHERE w.id = %s
 """
+
+
+def _remember(key: tuple[int, int, str], deployed: DeployedRules) -> None:
+    if len(_compiled) > 256:
+        _compiled.clear()
+    _compiled[key] = deployed
+
+
+async def field_signature(conn: AsyncConnection, workspace_id: int) -> str:
+    """The workspace's field definitions as the compiled rules' cache knows them."""
+    cur = await conn.execute(
+        f"SELECT {_SIGNATURE} FROM workspaces w WHERE w.id = %s", (workspace_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError(f"no workspace {workspace_id}")
+    return str(row[0])
+
+
+def definitions_of(signature: str) -> dict[str, ast.Type]:
+    return {name: FIELD_TYPES[type_name] for name, type_name in json.loads(signature)}
+
+
+def remember(workspace_id: int, rule_set_id: int, signature: str, deployed: DeployedRules) -> None:
+    """What a deploy compiled, for the mutations (and its backfill) that follow."""
+    _remember((workspace_id, rule_set_id, signature), deployed)
+
+
+def _compile_stored(files: Mapping[str, str], signature: str, version: int) -> DeployedRules | None:
+    result = compile_for_workspace(files, definitions_of(signature))
+    if result.rules is None:
+        return None
+    return DeployedRules.build(version, files, result.rules)
 
 
 async def rules_and_now(
@@ -153,11 +216,11 @@ async def rules_and_now(
     row = await cur.fetchone()
     if row is None:
         raise LookupError(f"no workspace {workspace_id}")
-    version, signature, now = row
+    version, rule_set_id, signature, now = row
     micros = to_micros(now)
     if version is None:
         return None, micros
-    key = (workspace_id, int(version), signature)
+    key = (workspace_id, int(rule_set_id), signature)
     deployed = _compiled.get(key)
     if deployed is None:
         cur = await conn.execute(
@@ -166,17 +229,15 @@ async def rules_and_now(
         )
         files_row = await cur.fetchone()
         assert files_row is not None
-        definitions = {name: FIELD_TYPES[type_name] for name, type_name in json.loads(signature)}
-        result = compile_for_workspace(files_row[0], definitions)
-        if result.rules is None:
+        # CPU-bound (seconds for thousands of segments): not on the event loop.
+        compiled = await asyncio.to_thread(_compile_stored, files_row[0], signature, int(version))
+        if compiled is None:
             # Deleting a field the rules read is refused (409), so this is a bug.
             raise RuntimeError(
                 f"deployed rules v{version} of workspace {workspace_id} no longer compile"
             )
-        deployed = DeployedRules.build(int(version), files_row[0], result.rules)
-        if len(_compiled) > 256:
-            _compiled.clear()
-        _compiled[key] = deployed
+        deployed = compiled
+        _remember(key, deployed)
     return deployed, micros
 
 
@@ -186,8 +247,11 @@ async def current_rules(conn: AsyncConnection, workspace_id: int) -> DeployedRul
     return deployed
 
 
-async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]) -> int:
-    """Record ``files`` as the workspace's next version (in the caller's transaction)."""
+async def store_version(
+    conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]
+) -> tuple[int, int]:
+    """Record ``files`` as the workspace's next version (in the caller's
+    transaction); its version and its row's id."""
     # Serialise deploys of one workspace: the version numbers stay dense.
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtext('nudgel.rules'), %s::int)", (workspace_id,)
@@ -195,9 +259,9 @@ async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping
     cur = await conn.execute(
         "INSERT INTO rule_sets (workspace_id, version, files)"
         " SELECT %s, coalesce(max(version), 0) + 1, %s FROM rule_sets WHERE workspace_id = %s"
-        " RETURNING version",
+        " RETURNING version, id",
         (workspace_id, Jsonb(dict(files)), workspace_id),
     )
     row = await cur.fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), int(row[1])

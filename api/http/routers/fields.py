@@ -6,6 +6,7 @@ contact upserts validate values against it.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -78,7 +79,8 @@ async def _refuse_if_rules_read(conn: AsyncConnection, workspace_id: int, name: 
         return
     definitions = await field_types(conn, workspace_id)
     definitions.pop(name, None)
-    result = compile_for_workspace(deployed.files, definitions)
+    # CPU-bound (seconds for thousands of segments): not on the event loop.
+    result = await asyncio.to_thread(compile_for_workspace, deployed.files, definitions)
     if result.rules is None:
         first = next(d for d in result.diagnostics if d.is_error)
         raise ProblemError.conflict(
