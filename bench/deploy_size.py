@@ -14,7 +14,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from nudgel.api.rules.store import DeployedRules, compile_for_workspace
+try:
+    from nudgel.api.rules.compiling import compile_for_workspace
+except ImportError:  # before the split
+    from nudgel.api.rules.store import compile_for_workspace  # type: ignore[attr-defined,no-redef]
+from nudgel.api.rules.store import DeployedRules
 from nudgel.compiler.sql import SqlCompiler
 
 

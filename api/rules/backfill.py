@@ -47,6 +47,7 @@ from typing import Any
 
 from nudgel.api.jobs.runner import JobHost, Lease, run_job, start_job
 from nudgel.api.rules import realtime
+from nudgel.api.rules.compiling import sql_in_process
 from nudgel.api.rules.store import DeployedRules, current_rules
 from nudgel.compiler.sql import CompiledQuery
 from nudgel.runtime.dependencies import NodeKey
@@ -140,7 +141,12 @@ async def _backfill(
         )
     silent = frozenset((str(kind), str(name)) for kind, name in params.get("silent", []))
     after_pk = int(params.get("after_pk", 0))
-    queries = await asyncio.to_thread(deployed.queries, settings.backfill_max_columns)
+    queries = deployed.known_queries(settings.backfill_max_columns)
+    if queries is None:  # a resumed job in another process, another setting
+        queries = await sql_in_process(
+            deployed.rules, deployed.files, settings.backfill_max_columns
+        )
+        deployed.remember_queries(settings.backfill_max_columns, queries)
     width = sum(len(q.columns) for q in queries)
     batch_size = max(1, min(settings.backfill_batch_size, BATCH_VALUES // width))
     progress = _Progress(lease, after_pk)

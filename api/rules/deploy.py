@@ -1,8 +1,9 @@
 """Deploying a rule set, its status, and checking the stored state against it.
 
-:func:`deploy` compiles the files against the workspace's field definitions
-in a worker thread (checking and compiling thousands of segments is seconds
-of CPU), with the backfill's SQL: with errors, too many segments and scores
+:func:`deploy` checks the files against the workspace's field definitions
+and compiles the backfill's SQL in another process (seconds of CPU for
+thousands of segments: ``nudgel.api.rules.compiling``): with errors, too
+many segments and scores
 (``rules_max_nodes``) or a node too wide for one query, nothing changes and
 the reason comes back. Otherwise the files become the next version, what the
 previous version had and this one drops is removed, and a backfill job is
@@ -31,17 +32,15 @@ from nudgel.api.jobs.runner import JobHost, create_job
 from nudgel.api.problems import ProblemError, problem_type
 from nudgel.api.rules import realtime
 from nudgel.api.rules.backfill import start_backfill as _start_backfill
+from nudgel.api.rules.compiling import Checked, check_for_deploy
 from nudgel.api.rules.store import (
     DeployedRules,
-    compile_for_workspace,
     current_rules,
-    definitions_of,
     field_signature,
     remember,
     store_version,
 )
 from nudgel.api.settings import Settings
-from nudgel.compiler.sql import QueryTooWide
 from nudgel.dsl.diagnostics import Diagnostic
 from nudgel.runtime.dependencies import NodeKey
 from psycopg import AsyncConnection
@@ -70,36 +69,13 @@ class Deployment:
     silent: list[NodeKey] = field(default_factory=list)
 
 
-def _prepare(
-    files: Mapping[str, str], signature: str, settings: Settings
-) -> tuple[tuple[Diagnostic, ...], DeployedRules | None]:
-    """In a worker thread: check, count, build the program and the backfill's
-    SQL (version 0 until stored). Raises the 422 of a rule set too large."""
-    result = compile_for_workspace(files, definitions_of(signature))
-    if result.rules is None:
-        return result.diagnostics, None
-    nodes = len(result.rules.segments) + len(result.rules.scores)
-    if nodes > settings.rules_max_nodes:
-        raise ProblemError(
-            422,
-            "Too many segments and scores",
-            f"The rules have {len(result.rules.segments)} segments and"
-            f" {len(result.rules.scores)} scores ({nodes}); a workspace may have at most"
-            f" {settings.rules_max_nodes} together (setting rules_max_nodes).",
-            type_=problem_type("too-many-rules"),
-        )
-    deployed = DeployedRules.build(0, files, result.rules)
-    try:
-        deployed.queries(settings.backfill_max_columns)
-    except QueryTooWide as error:
-        raise ProblemError(
-            422,
-            "Rule too large to evaluate",
-            f"{error}: split it, or raise the setting backfill_max_columns"
-            f" (now {settings.backfill_max_columns}).",
-            type_=problem_type("rule-too-large"),
-        ) from None
-    return result.diagnostics, deployed
+def _build(checked: Checked, files: Mapping[str, str], max_columns: int) -> DeployedRules:
+    """The program and time plan of checked rules (version 0 until stored),
+    with the backfill's queries compiled with them."""
+    assert checked.rules is not None
+    deployed = DeployedRules.build(0, files, checked.rules, checked.bytecode)
+    deployed.remember_queries(max_columns, checked.queries)
+    return deployed
 
 
 async def deploy(
@@ -114,9 +90,17 @@ async def deploy(
     a rule set too large to store or backfill is a :class:`ProblemError`
     (422), before anything changes."""
     signature = await field_signature(conn, workspace_id)
-    diagnostics, prepared = await asyncio.to_thread(_prepare, files, signature, settings)
-    if prepared is None:
+    checked = await check_for_deploy(
+        files, signature, settings.rules_max_nodes, settings.backfill_max_columns
+    )
+    diagnostics = checked.diagnostics
+    if checked.refusal is not None:
+        kind, title, detail = checked.refusal
+        raise ProblemError(422, title, detail, type_=problem_type(kind))
+    if checked.rules is None:
         return Deployment(diagnostics)
+    # Assembling the program is CPU too: not on the event loop.
+    prepared = await asyncio.to_thread(_build, checked, files, settings.backfill_max_columns)
     previous = await current_rules(conn, workspace_id)
     if previous is not None and dict(previous.files) == dict(files):
         if not force_backfill:

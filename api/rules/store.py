@@ -1,27 +1,17 @@
-"""A workspace's deployed rules: compiled against its field definitions,
-stored as numbered versions, loaded (and compiled once per process) for
-evaluation.
-
-Rule files may declare fields (``field plan: text``) or leave them out: the
-workspace's definitions (``/v1/fields``) are declared for them in a virtual
-file. A declaration must agree with the definition (E271) and name a defined
-field (E270): the service only stores values of defined fields, so a rule
-about any other could never hold.
+"""A workspace's deployed rules: compiled against its field definitions
+(``nudgel.api.rules.compiling``), stored as numbered versions, loaded (and
+compiled once per process, off the event loop) for evaluation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from nudgel.api.rules.compiling import compile_for_workspace, compile_rules, definitions_of
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
-from nudgel.dsl import ast
-from nudgel.dsl.ast import FIELD_TYPES
-from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources
-from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic, InternalError
-from nudgel.dsl.parser import KEYWORDS, parse
+from nudgel.dsl.checker import CheckedRules
 from nudgel.runtime.dependencies import DependencySet, NodeKey
 from nudgel.runtime.next_change import TimePlan, time_plan
 from nudgel.runtime.program import Program, to_micros
@@ -38,63 +28,6 @@ __all__ = [
     "rules_and_now",
     "store_version",
 ]
-
-WORKSPACE_FIELDS = "<workspace fields>"
-
-
-def compile_for_workspace(
-    files: Mapping[str, str], definitions: Mapping[str, ast.Type]
-) -> CheckResult:
-    """Check ``files`` with the workspace's field definitions declared."""
-    declared: dict[str, ast.FieldDecl] = {}
-    extra: list[Diagnostic] = []
-    for path in sorted(files):
-        parsed = parse(files[path], path)
-        if parsed.file is None:
-            continue
-        for decl in parsed.file.declarations:
-            if not isinstance(decl, ast.FieldDecl):
-                continue
-            declared.setdefault(decl.name, decl)
-            defined = definitions.get(decl.name)
-            if defined is None:
-                extra.append(
-                    FIELD_NOT_DEFINED(
-                        decl.name_span,
-                        help=f'define it first: POST /v1/fields {{"name": "{decl.name}", ...}}',
-                        name=decl.name,
-                    )
-                )
-            elif decl.type_name != defined.value:
-                extra.append(
-                    FIELD_TYPE_DIFFERS(
-                        decl.type_span,
-                        help=f"declare it `{defined.value}`, or leave the declaration out",
-                        name=decl.name,
-                        declared=decl.type_name,
-                        defined=defined.value,
-                    )
-                )
-    implicit = "".join(
-        f"field {name}: {type_.value}\n"
-        for name, type_ in sorted(definitions.items())
-        # A keyword is no field name in the rules language (the API refuses
-        # them; older definitions may still be there): rules cannot name it.
-        if name not in declared and name not in KEYWORDS
-    )
-    sources = dict(files)
-    if implicit:
-        sources[WORKSPACE_FIELDS] = implicit
-    result = check_sources(sources)
-    # The implicit declarations are not the user's: no "declared but never
-    # used". An error there would be ours, never silently dropped.
-    if any(d.is_error for d in result.diagnostics if d.span.file == WORKSPACE_FIELDS):
-        raise InternalError(f"the workspace's field declarations do not check: {implicit!r}")
-    diagnostics = [d for d in result.diagnostics if d.span.file != WORKSPACE_FIELDS]
-    diagnostics.extend(extra)
-    diagnostics.sort(key=Diagnostic.sort_key)
-    rules = result.rules if not extra else None
-    return CheckResult(rules, tuple(diagnostics))
 
 
 @dataclass(frozen=True)
@@ -115,10 +48,18 @@ class DeployedRules:
     )
 
     @classmethod
-    def build(cls, version: int, files: Mapping[str, str], rules: CheckedRules) -> DeployedRules:
+    def build(
+        cls,
+        version: int,
+        files: Mapping[str, str],
+        rules: CheckedRules,
+        bytecode: bytes | None = None,
+    ) -> DeployedRules:
         """Compile the program and time plan: CPU-bound (a second for thousands
-        of segments), so callers on the event loop run it in a worker thread."""
-        program = Program.compile(rules)
+        of segments), so callers on the event loop run it in a worker thread,
+        with the program's ``bytecode`` compiled elsewhere when it is large
+        (``compiling.compile_rules``: Python's ``compile`` holds the GIL)."""
+        program = Program.compile(rules, bytecode)
         names: set[str] = set()
         any_event = False
         for deps in program.dependencies.values():
@@ -138,6 +79,14 @@ class DeployedRules:
     def nodes(self) -> int:
         """How many segments and scores (``rules_max_nodes`` bounds it)."""
         return len(self.rules.segments) + len(self.rules.scores)
+
+    def remember_queries(self, max_columns: int, queries: tuple[CompiledQuery, ...]) -> None:
+        """The backfill's queries, compiled elsewhere (``nudgel.api.rules.compiling``)."""
+        self._queries[(max_columns, True)] = queries
+
+    def known_queries(self, max_columns: int) -> tuple[CompiledQuery, ...] | None:
+        """The backfill's queries if already compiled."""
+        return self._queries.get((max_columns, True))
 
     def queries(self, max_columns: int, *, batch: bool = True) -> tuple[CompiledQuery, ...]:
         """Every segment, score and the stage as SQL (``SqlCompiler.everything_chunks``),
@@ -190,20 +139,9 @@ async def field_signature(conn: AsyncConnection, workspace_id: int) -> str:
     return str(row[0])
 
 
-def definitions_of(signature: str) -> dict[str, ast.Type]:
-    return {name: FIELD_TYPES[type_name] for name, type_name in json.loads(signature)}
-
-
 def remember(workspace_id: int, rule_set_id: int, signature: str, deployed: DeployedRules) -> None:
     """What a deploy compiled, for the mutations (and its backfill) that follow."""
     _remember((workspace_id, rule_set_id, signature), deployed)
-
-
-def _compile_stored(files: Mapping[str, str], signature: str, version: int) -> DeployedRules | None:
-    result = compile_for_workspace(files, definitions_of(signature))
-    if result.rules is None:
-        return None
-    return DeployedRules.build(version, files, result.rules)
 
 
 async def rules_and_now(
@@ -230,13 +168,15 @@ async def rules_and_now(
         files_row = await cur.fetchone()
         assert files_row is not None
         # CPU-bound (seconds for thousands of segments): not on the event loop.
-        compiled = await asyncio.to_thread(_compile_stored, files_row[0], signature, int(version))
-        if compiled is None:
+        compiled = await compile_rules(files_row[0], signature)
+        if compiled.rules is None:
             # Deleting a field the rules read is refused (409), so this is a bug.
             raise RuntimeError(
                 f"deployed rules v{version} of workspace {workspace_id} no longer compile"
             )
-        deployed = compiled
+        deployed = await asyncio.to_thread(
+            DeployedRules.build, int(version), files_row[0], compiled.rules, compiled.bytecode
+        )
         _remember(key, deployed)
     return deployed, micros
 

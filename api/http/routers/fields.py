@@ -18,7 +18,8 @@ from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.routers.common import Conn, resource_router
 from nudgel.api.http.writes import PostWriter, Writer, replayable
 from nudgel.api.problems import ProblemError
-from nudgel.api.rules.store import compile_for_workspace, current_rules
+from nudgel.api.rules.compiling import compile_for_workspace
+from nudgel.api.rules.store import current_rules
 from nudgel.dsl.parser import KEYWORDS
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
