@@ -45,7 +45,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from nudgel.api.jobs.runner import JobHost, Lease, run_job, start_job
+from nudgel.api.jobs.runner import JobHost, Lease, LeaseLost, run_job, start_job
 from nudgel.api.rules import realtime
 from nudgel.api.rules.compiling import sql_in_process
 from nudgel.api.rules.store import DeployedRules, current_rules
@@ -226,7 +226,7 @@ class _Progress:
             (remaining, Jsonb(dict.fromkeys(COUNTS, 0)), self.lease.job_id, self.lease.owner),
         )
         if await cur.fetchone() is None:
-            raise RuntimeError(f"job {self.lease.job_id} is no longer held by this process")
+            raise LeaseLost(f"job {self.lease.job_id} is no longer held by this process")
 
     async def finished(
         self, conn: AsyncConnection, index: int, contacts: int, last_pk: int
