@@ -75,11 +75,6 @@ class DeployedRules:
             None if any_event else frozenset(names),
         )
 
-    @property
-    def nodes(self) -> int:
-        """How many segments and scores (``rules_max_nodes`` bounds it)."""
-        return len(self.rules.segments) + len(self.rules.scores)
-
     def remember_queries(self, max_columns: int, queries: tuple[CompiledQuery, ...]) -> None:
         """The backfill's queries, compiled elsewhere (``nudgel.api.rules.compiling``)."""
         self._queries[(max_columns, True)] = queries
