@@ -3,9 +3,12 @@
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
 server), applies pending migrations, opens the connection pool, starts the
 processes that render list templates (``nudgel.api.lists.rendering``), and
-(unless ``run_worker`` is off) starts the webhook delivery worker as a task
-that stops with the app; handlers find the pool, the renderer and settings on
-``app.state``. The
+(unless ``run_worker`` is off) starts the webhook delivery worker, the
+scheduler and the resumption of jobs whose process died, as tasks that stop
+with the app; handlers find the pool, the renderer, the settings and the job
+host on ``app.state``. Jobs still running when the app stops are cancelled
+after their last committed batch, and their leases released for another
+process. The
 blocking steps (starting the embedded server, ``apply_migrations``) run in a
 worker thread so the event loop never waits on them.
 """
@@ -45,6 +48,8 @@ from nudgel.api.http.routers import (
     test_clock,
     webhooks,
 )
+from nudgel.api.jobs.resume import resume_loop
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.lists.rendering import TemplateRenderer
 from nudgel.api.problems import Problem, ProblemError
 from nudgel.api.rules.scheduler import scheduler_loop
@@ -90,9 +95,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     renderer = TemplateRenderer(settings)
     await renderer.start()
     app.state.renderer = renderer
+    # Jobs (backfills, imports) run on the API's pool.
+    jobs = JobHost(pool, settings, app)
+    app.state.job_host = jobs
     worker: tuple[asyncio.Task[None], AsyncConnectionPool] | None = None
     stop = asyncio.Event()
+    resumer: asyncio.Task[None] | None = None
     if settings.run_worker:
+        # Jobs whose process died: at start-up, then every job_resume_interval.
+        resumer = asyncio.create_task(resume_loop(jobs, settings.job_resume_interval, stop))
         # Its own small pool: deliveries never queue behind API requests.
         worker_pool = delivery.make_worker_pool(url)
         await worker_pool.open(wait=True)
@@ -105,6 +116,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        stop.set()
+        if resumer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resumer, 30)
+        # Running jobs stop where their last batch committed; their leases
+        # are released, so another process resumes them at once.
+        await jobs.stop()
         if worker is not None:
             # Let the pass in progress finish (its requests are bounded by
             # webhook_timeout); past that, cancel: the leases run out and

@@ -128,6 +128,51 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="The largest CSV `POST /v1/imports` takes."
     )
+    import_batch_size: int = Field(
+        default=250,
+        ge=1,
+        le=10_000,
+        description="Rows an import applies per transaction (each holds its contacts' locks"
+        " until it commits).",
+    )
+
+    # Rule sets and their backfills (nudgel.api.rules).
+    rules_max_nodes: int = Field(
+        default=10_000,
+        ge=1,
+        description="The most segments plus scores a workspace's rules may have: a deploy with"
+        " more is refused (422). Each is a value per contact to compute and store.",
+    )
+    backfill_batch_size: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Contacts a backfill evaluates and writes per transaction.",
+    )
+    backfill_max_columns: int = Field(
+        default=1000,
+        ge=3,
+        le=1664,
+        description="Values per contact (segments, scores, aggregates) one backfill query"
+        " computes; larger rule sets are evaluated in several queries over one snapshot"
+        " (PostgreSQL refuses more than 1,664). A segment or score that alone needs more is"
+        " refused at deploy.",
+    )
+
+    # Jobs (backfills, imports) and their leases (nudgel.api.jobs).
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a job stays with the process running it without a heartbeat"
+        " (one every third of this): a crashed process's jobs are resumed by another"
+        " `nudgel serve` or `nudgel worker` this long after its last heartbeat.",
+    )
+    job_resume_interval: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between looks for jobs whose lease lapsed (also done at start-up),"
+        " in `nudgel serve` (with run_worker) and `nudgel worker`.",
+    )
 
     # Lists and double opt-in (nudgel.api.lists.mailer, nudgel.api.lists.tokens).
     smtp_url: str | None = Field(

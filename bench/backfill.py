@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_sql import NOW, load
 from nudgel.api.db.embedded import database_url_from_env
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.rules.backfill import run_backfill
 from nudgel.api.rules.deploy import deploy
+from nudgel.api.settings import Settings
 from nudgel.compiler.sql import SqlCompiler
 from nudgel.runtime.program import to_micros
 from nudgel.schema.migrate import apply_migrations
@@ -136,8 +138,9 @@ async def measure(url: str, workspace: int) -> None:
     ) as pool:
         await pool.open(wait=True)
         async with pool.connection() as conn:
+            settings = Settings(database_url=url)
             async with conn.transaction():
-                deployment = await deploy(conn, workspace, {"bench.rules": RULES})
+                deployment = await deploy(conn, workspace, {"bench.rules": RULES}, settings)
             assert deployment.deployed is not None and deployment.job_id is not None
             rules = deployment.deployed.rules
             query = SqlCompiler(rules).everything()
@@ -149,11 +152,7 @@ async def measure(url: str, workspace: int) -> None:
             print(f"bare SQL of the rules: {bare:8.1f} s  ({len(expected):,} rows)", flush=True)
 
             start = time.perf_counter()
-            task = asyncio.create_task(
-                run_backfill(
-                    pool, workspace, deployment.job_id, deployment.deployed, deployment.silent
-                )
-            )
+            task = asyncio.create_task(run_backfill(JobHost(pool, settings), deployment.job_id))
             shown = time.perf_counter()
             while not task.done():
                 await asyncio.sleep(0.05)

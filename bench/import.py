@@ -13,7 +13,7 @@ times:
   plain table of text columns (no parsing of values, no index);
 - import: staging (the file parsed and COPYed into ``import_rows``) and the
   job (every row validated and upserted in its savepoint, outbox events,
-  batches of ``BATCH_SIZE``), while the job's progress is printed;
+  batches of ``import_batch_size``), while the job's progress is printed;
 
 and prints rows per second of each and the ratio. The counts, the rejected
 rows' numbers and the contacts stored are then checked (a benchmark of a
@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 
 import psycopg
-from nudgel.api.contacts.identity import normalise_blocked
 from nudgel.api.db.embedded import database_url_from_env
-from nudgel.api.jobs.imports import BATCH_SIZE, prepare_import, rejected_rows, run_import
+from nudgel.api.jobs.imports import prepare_import, rejected_rows, run_import
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.keys.store import create_key
+from nudgel.api.settings import Settings
 from nudgel.schema.migrate import apply_migrations
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -102,6 +103,7 @@ async def measure(url: str, path: Path, rows: int, bad: set[int]) -> None:
             " VALUES (%s, 'plan', 'text'), (%s, 'ltv', 'number')",
             (workspace, workspace),
         )
+    settings = Settings(database_url=url, blocked_identifiers=["test@example.com"])
     async with AsyncConnectionPool(
         url, min_size=2, max_size=4, kwargs={"autocommit": True}, open=False
     ) as pool:
@@ -130,13 +132,12 @@ async def measure(url: str, path: Path, rows: int, bad: set[int]) -> None:
                         mapping=None,
                         tags=["imported"],
                         source="import",
+                        lease_seconds=settings.job_lease_seconds,
                     )
             staging = time.perf_counter() - start
             assert staged == rows, (staged, rows)
             print(f"  staging:  {staging:8.2f} s  {rows / staging:12,.0f} rows/s", flush=True)
-            region = "KE"
-            blocked = normalise_blocked(["test@example.com"], region)
-            task = asyncio.create_task(run_import(pool, workspace, job_id, region, blocked))
+            task = asyncio.create_task(run_import(JobHost(pool, settings), job_id))
             shown = time.perf_counter()
             while not task.done():
                 await asyncio.sleep(0.1)
@@ -154,7 +155,9 @@ async def measure(url: str, path: Path, rows: int, bad: set[int]) -> None:
             )
             status = await cur.fetchone()
             assert status is not None and status[0] == "succeeded", status
-            print(f"  job:      {total - staging:8.2f} s  (batches of {BATCH_SIZE})")
+            print(
+                f"  job:      {total - staging:8.2f} s  (batches of {settings.import_batch_size})"
+            )
             print(f"import:     {total:8.2f} s  {rows / total:12,.0f} rows/s  {status[1]}")
             print(f"ratio import / bare COPY: {total / bare:.1f}")
 

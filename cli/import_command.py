@@ -3,7 +3,9 @@ from the command line, with a progress bar.
 
 The file is staged and applied in this process (``nudgel.api.jobs.imports``),
 straight on the database; the job is the same as the API's, so
-``GET /v1/imports/{id}`` shows it afterwards.
+``GET /v1/imports/{id}`` shows it afterwards, and if this command is stopped
+mid-way, a running ``nudgel serve`` or ``nudgel worker`` resumes it once its
+lease lapses.
 """
 
 from __future__ import annotations
@@ -11,25 +13,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from functools import partial
 from typing import IO
 
 import click
 import psycopg
-from fastapi import FastAPI
-from nudgel.api.contacts.identity import normalise_blocked
 from nudgel.api.db.embedded import database_url_from_env
 from nudgel.api.db.pool import make_pool
 from nudgel.api.jobs.imports import (
     DEFAULT_SOURCE,
     ImportRefused,
-    ListContext,
     prepare_import,
     rejected_rows,
     run_import,
 )
-from nudgel.api.lists import subscriptions as subscribing
-from nudgel.api.lists.rendering import TemplateRenderer
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.settings import Settings
 from nudgel.cli.job_progress import follow_job
 from nudgel.cli.workspaces import resolve_workspace, workspace_options
@@ -133,7 +130,7 @@ async def _import(
 ) -> int:
     pool = make_pool(url, settings)
     await pool.open(wait=True)
-    renderer: TemplateRenderer | None = None
+    host: JobHost | None = None
     try:
         async with pool.connection() as conn:
             workspace_id = await resolve_workspace(conn, *workspace)
@@ -149,24 +146,16 @@ async def _import(
                         tags=list(tags),
                         source=source,
                         list_name=list_name,
+                        lease_seconds=settings.job_lease_seconds,
                     )
             except ImportRefused as error:
                 raise click.ClickException(error.detail) from None
-            lists = None
-            if list_name is not None:
-                # The signing key, the renderer and the mailer hang off an app's
-                # state (the API's); an app object of our own gives them the
-                # same settings and this pool.
-                app = FastAPI()
-                app.state.settings = settings
-                app.state.pool = pool
-                app.state.renderer = renderer = TemplateRenderer(settings)
-                confirming = await subscribing.confirming_of(app, conn)
-                lists = ListContext(confirming, partial(subscribing.send_all, app))
         click.echo(f"import {job_id}: {total} rows", err=True)
-        region = settings.default_phone_region
-        blocked = normalise_blocked(settings.blocked_identifiers, region)
-        task = asyncio.create_task(run_import(pool, workspace_id, job_id, region, blocked, lists))
+        # The signing key, the template renderer and the mailer of list emails
+        # hang off the host's app state (an app object of its own, with the
+        # same settings; the renderer is started if the import needs one).
+        host = JobHost(pool, settings)
+        task = asyncio.create_task(run_import(host, job_id))
         status, result, error_text = await follow_job(pool, job_id, task, "importing")
         if status != "succeeded":
             click.echo(f"the import failed: {error_text}", err=True)
@@ -190,6 +179,6 @@ async def _import(
                 )
         return 0
     finally:
-        if renderer is not None:
-            await renderer.close()
+        if host is not None:
+            await host.stop()
         await pool.close()

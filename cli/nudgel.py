@@ -95,11 +95,12 @@ def serve(host: str | None, port: int | None) -> None:
 
 @cli.command()
 def worker() -> None:
-    """Deliver webhooks and re-evaluate contacts as time passes, until Ctrl-C or
-    SIGTERM (what `nudgel serve` also runs).
+    """Deliver webhooks, re-evaluate contacts as time passes and resume jobs
+    whose process died, until Ctrl-C or SIGTERM (what `nudgel serve` also runs).
 
     Any number of workers may run side by side, with or without `serve`:
-    they share the deliveries without sending one twice at the same time.
+    they share the deliveries without sending one twice at the same time,
+    and a job is resumed by one of them.
     """
     import asyncio
 
@@ -111,7 +112,8 @@ def worker() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
     click.echo(
-        "nudgel: delivering webhooks and re-evaluating contacts as time passes (Ctrl-C stops)",
+        "nudgel: delivering webhooks, re-evaluating contacts as time passes and resuming"
+        " jobs (Ctrl-C stops)",
         err=True,
     )
     asyncio.run(run_standalone(url, settings))

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 from nudgel.api.db.embedded import database_url_from_env
 from nudgel.api.db.pool import make_pool
+from nudgel.api.jobs.runner import JobHost
+from nudgel.api.problems import ProblemError
 from nudgel.api.rules.backfill import run_backfill
 from nudgel.api.rules.deploy import deploy, verify
 from nudgel.api.rules.store import pull_files
@@ -42,42 +44,57 @@ def _read_sources(paths: tuple[str, ...]) -> dict[str, str]:
 
 
 def _pool() -> AsyncConnectionPool:
-    settings = Settings()
-    return make_pool(database_url_from_env(), settings)
+    return make_pool(database_url_from_env(), Settings())
 
 
 @rules.command()
 @click.argument("paths", nargs=-1, required=True)
 @workspace_options
-def apply(paths: tuple[str, ...], workspace: str, test_mode: bool) -> None:
+@click.option(
+    "--force-backfill",
+    is_flag=True,
+    help="Evaluate every contact even if the files are those in force (after a backfill"
+    " failed or was cut short).",
+)
+def apply(paths: tuple[str, ...], workspace: str, test_mode: bool, force_backfill: bool) -> None:
     """Compile PATHS (files or folders of .rules) and deploy them; with errors,
-    print them like `rulec check` and change nothing (exit 1)."""
+    print them like `rulec check` and change nothing (exit 1).
+
+    If this command is stopped during the backfill, a running `nudgel serve`
+    or `nudgel worker` resumes it once its lease lapses."""
     sources = _read_sources(paths)
-    sys.exit(asyncio.run(_apply(sources, workspace, test_mode)))
+    sys.exit(asyncio.run(_apply(sources, workspace, test_mode, force_backfill)))
 
 
-async def _apply(sources: dict[str, str], workspace: str, test_mode: bool) -> int:
-    pool = _pool()
+async def _apply(
+    sources: dict[str, str], workspace: str, test_mode: bool, force_backfill: bool
+) -> int:
+    settings = Settings()
+    pool = make_pool(database_url_from_env(), settings)
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
             workspace_id = await resolve_workspace(conn, workspace, test_mode)
-            async with conn.transaction():
-                deployment = await deploy(conn, workspace_id, sources)
+            try:
+                async with conn.transaction():
+                    deployment = await deploy(
+                        conn, workspace_id, sources, settings, force_backfill=force_backfill
+                    )
+            except ProblemError as refused:
+                raise click.ClickException(refused.detail or refused.title) from None
         if deployment.diagnostics:
             click.echo(render_human(deployment.diagnostics, sources), err=True, nl=False)
         if deployment.version is None:
             return 1
-        if deployment.unchanged:
+        if deployment.job_id is None:
             click.echo(f"version {deployment.version} is already in force; nothing to do")
             return 0
-        click.echo(f"deployed version {deployment.version}; evaluating every contact")
-        assert deployment.job_id is not None and deployment.deployed is not None
-        task = asyncio.create_task(
-            run_backfill(
-                pool, workspace_id, deployment.job_id, deployment.deployed, deployment.silent
-            )
-        )
+        if deployment.unchanged:
+            click.echo(f"version {deployment.version} is in force; evaluating every contact again")
+        else:
+            click.echo(f"deployed version {deployment.version}; evaluating every contact")
+        host = JobHost(pool, settings)
+        task = asyncio.create_task(run_backfill(host, deployment.job_id))
         status, _, error = await follow_job(pool, deployment.job_id, task, "backfill")
         if status != "succeeded":
             click.echo(f"the backfill failed: {error}", err=True)

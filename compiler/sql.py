@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
@@ -67,13 +67,20 @@ from nudgel.dsl.textfold import FOLD_MAP, POSTGRES_FOLD_FROM, POSTGRES_FOLD_TO, 
 from nudgel.dsl.timeparse import MICROS_PER_DAY, MICROS_PER_SECOND, civil_from_days
 from sqlglot import exp
 
-__all__ = ["CompiledQuery", "SqlCompiler", "pg_timestamptz_text"]
+__all__ = [
+    "POSTGRES_MAX_COLUMNS",
+    "CompiledQuery",
+    "QueryTooWide",
+    "SqlCompiler",
+    "pg_timestamptz_text",
+]
 
 NodeKey = tuple[str, str]
 
 # Output column kinds of ``CompiledQuery.columns``.
 ID = ("id", "")
 STAGE = ("stage", "")
+PK = ("pk", "")  # the contact's pk, in batch queries (``everything_chunks(batch=True)``)
 
 _SQL_TYPES: dict[str, exp.DataType] = {
     name: exp.DataType.build(name, dialect="postgres")
@@ -89,6 +96,11 @@ _SQL_TYPES: dict[str, exp.DataType] = {
     )
 }
 _SQL_TYPES["float8"] = exp.DataType.build("double precision", dialect="postgres")
+_SQL_TYPES["bigint[]"] = exp.DataType.build("bigint[]", dialect="postgres")
+
+# PostgreSQL refuses a query whose select list (or a subquery's) has more
+# entries than this (MaxTupleAttributeNumber).
+POSTGRES_MAX_COLUMNS = 1664
 
 _AVG_SCALE = 10**12
 # Characters that some other character folds to: a pattern without any of
@@ -145,7 +157,14 @@ class CompiledQuery:
     # derived parameter name -> offset from ``now`` in microseconds
     now_offsets: Mapping[str, int] = field(default_factory=dict)
 
-    def bind(self, *, now: int, workspace_id: int, contact_pk: int | None = None) -> dict[str, Any]:
+    def bind(
+        self,
+        *,
+        now: int,
+        workspace_id: int,
+        contact_pk: int | None = None,
+        contact_pks: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
         """All parameters for one run; ``now`` in microseconds since the epoch."""
         bound = dict(self.params)
         bound["now"] = pg_timestamptz_text(now)
@@ -156,6 +175,10 @@ class CompiledQuery:
             if contact_pk is None:
                 raise ValueError("this query tests one contact: pass contact_pk")
             bound["contact_pk"] = contact_pk
+        if "%(contact_pks)s" in self.sql:
+            if contact_pks is None:
+                raise ValueError("this query evaluates a batch of contacts: pass contact_pks")
+            bound["contact_pks"] = list(contact_pks)
         return bound
 
 
@@ -422,12 +445,30 @@ class _Hoisted:
         self.columns: dict[str, tuple[str, exp.Expr]] = {}
         # What the pass may skip: None in the set means "any row counts".
         self.keys: set[str | None] = set()
+        self._added: list[str | None] = []  # keys in the order they came, for undo
+
+    def add_key(self, key: str | None) -> None:
+        if key not in self.keys:
+            self.keys.add(key)
+            self._added.append(key)
 
     def column(self, aggregate: exp.Expr) -> exp.Column:
         text = aggregate.sql(dialect="postgres")
         if text not in self.columns:
             self.columns[text] = (f"k{len(self.columns) + 1}", aggregate)
         return _col(self.alias, self.columns[text][0])
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.columns), len(self._added)
+
+    def undo(self, mark: tuple[int, int]) -> None:
+        """Forget the columns and keys added since ``mark``."""
+        columns, keys = mark
+        for text in list(self.columns)[columns:]:
+            del self.columns[text]
+        for key in self._added[keys:]:
+            self.keys.discard(key)
+        del self._added[keys:]
 
 
 class _Visitor:
@@ -447,6 +488,9 @@ class _Visitor:
         self.tags = _Hoisted("tg")
         self.lists = _Hoisted("sb")
         self._whole = False  # inside a score computed in bigint
+        # A batch query for some contacts only (``contact_pks``): the grouped
+        # passes read only theirs.
+        self.contacts: exp.Expr | None = None
 
     # ---- dispatch ---------------------------------------------------------------
 
@@ -536,7 +580,7 @@ class _Visitor:
 
     def visit_TagTest(self, node: ast.TagTest) -> Cond:
         if self.batch:
-            self.tags.keys.add(node.tag)
+            self.tags.add_key(node.tag)
             match = _binary(exp.EQ, _col("t", "tag"), self.text(node.tag))
             return Cond(self.tags.column(exp.LogicalOr(this=match)), nullable=True)
         select = (
@@ -555,7 +599,7 @@ class _Visitor:
 
     def visit_SubscribedTest(self, node: ast.SubscribedTest) -> Cond:
         if self.batch:
-            self.lists.keys.add(node.list)
+            self.lists.add_key(node.list)
             match = _binary(exp.EQ, _col("s", "list"), self.text(node.list))
             return Cond(self.lists.column(exp.LogicalOr(this=match)), nullable=True)
         select = (
@@ -1068,7 +1112,7 @@ class _Visitor:
     def hoisted_event(self, spec: ast.EventSpec, aggregate: exp.Expr) -> exp.Expr:
         """The aggregate over the contact's matching events, as a column of the
         batch query's LATERAL aggregate over the contact's events."""
-        self.events.keys.add(spec.name)
+        self.events.add_key(spec.name)
         parts = self.event_filter(spec)
         if parts:
             aggregate = exp.Filter(this=aggregate, expression=exp.Where(this=_and(parts)))
@@ -1101,17 +1145,20 @@ class _Visitor:
             passes.append((self.lists, "subscriptions", "s", where))
         for hoisted, table, alias, where in passes:
             key = _col(alias, "contact_pk")
+            if self.contacts is not None:
+                where.append(_binary(exp.EQ, key.copy(), _fn("ANY", self.contacts.copy())))
             grouped = (
                 exp.select(key, *(exp.alias_(a, n) for n, a in hoisted.columns.values()))
-                .from_(exp.table_(table, alias=alias))
-                .where(_and(where))
-                .group_by(key.copy())
+                .from_(exp.table_(table, alias=alias), copy=False)
+                .where(_and(where), copy=False)
+                .group_by(key.copy(), copy=False)
             )
             on = _binary(exp.EQ, _col(hoisted.alias, "contact_pk"), _col("c", "pk"))
             select = select.join(
                 exp.alias_(_subquery(grouped), hoisted.alias, table=True),
                 on=on,
                 join_type="LEFT",
+                copy=False,
             )
         return select
 
@@ -1144,11 +1191,13 @@ class _Visitor:
             where.append(exp.In(this=_col("e", "name"), expressions=names))
         aggregates = (
             exp.select(*(exp.alias_(a, n) for n, a in self.events.columns.values()))
-            .from_(exp.table_("events", alias="e"))
-            .where(_and(where))
+            .from_(exp.table_("events", alias="e"), copy=False)
+            .where(_and(where), copy=False)
         )
         table = exp.TableAlias(this=exp.to_identifier(self.events.alias))
-        return select.join(exp.Lateral(this=_subquery(aggregates), alias=table), join_type="CROSS")
+        return select.join(
+            exp.Lateral(this=_subquery(aggregates), alias=table), join_type="CROSS", copy=False
+        )
 
     # ---- declarations -----------------------------------------------------------------------
 
@@ -1297,7 +1346,7 @@ def _stored_score(visitor: _Visitor, score: str, whole: bool) -> exp.Expr:
 
 
 def _contacts(*outputs: exp.Expr) -> exp.Select:
-    return exp.select(*outputs).from_(exp.table_("contacts", alias="c"))
+    return exp.select(*outputs).from_(exp.table_("contacts", alias="c"), copy=False)
 
 
 def _in_workspace(params: _Params) -> exp.Expr:
@@ -1420,49 +1469,163 @@ class SqlCompiler:
         and subscriptions in one grouped pass each; a node that another one
         reads is computed once per contact in a LATERAL subquery (fenced with
         OFFSET so it is not inlined back)."""
-        visitor, params = self._visitor(batch=True)
-        referenced = _referenced_nodes(self.rules)
-        laterals: list[exp.Expr] = []
-        outputs: dict[NodeKey, exp.Expr] = {}
+        query = _Everything(self.rules, _referenced_nodes(self.rules))
         for index, node in enumerate(self.rules.order, start=1):
-            kind, name = node
-            expression: exp.Expr
-            if kind == "segment":
-                expression = visitor.strict(visitor.segment(name))
-            elif kind == "score":
-                expression = visitor.score(name).expr
-            else:
-                expression = visitor.stage_rank()
-            if node in referenced:
-                alias = f"n{index}"
-                fenced = exp.select(exp.alias_(expression, "v"))
-                fenced = fenced.offset(params.constant(0, "bigint"))
-                table = exp.TableAlias(this=exp.to_identifier(alias))
-                laterals.append(exp.Lateral(this=_subquery(fenced), alias=table))
-                expression = _col(alias, "v")
-                visitor.bound[node] = expression
-            outputs[node] = expression
-        select = _contacts(_col("c", "id"))
+            query.add(node, index)
+        return query.compile()
+
+    def everything_chunks(self, max_columns: int, *, batch: bool = False) -> list[CompiledQuery]:
+        """What ``everything`` computes, as queries whose select lists (theirs
+        and their subqueries') have at most ``max_columns`` entries each, so
+        that a rule set of any size fits PostgreSQL's limit
+        (``POSTGRES_MAX_COLUMNS``). Nodes keep their order; each query's
+        ``columns`` say which it computes. A node that reads one computed
+        by another query computes it again (its value is the same). With
+        ``batch`` the queries read only the contacts whose pks are bound as
+        ``contact_pks`` (``bind(contact_pks=...)``) and start with ``c.pk``
+        (column ``("pk", "")``).
+
+        :class:`QueryTooWide` when one node alone needs more columns.
+        """
+        if not 3 <= max_columns <= POSTGRES_MAX_COLUMNS:
+            raise ValueError(f"max_columns must be from 3 to {POSTGRES_MAX_COLUMNS}")
+        referenced = _referenced_nodes(self.rules)
+        queries: list[CompiledQuery] = []
+        query = _Everything(self.rules, referenced, batch=batch)
+        for index, node in enumerate(self.rules.order, start=1):
+            mark = query.mark()
+            query.add(node, index)
+            if query.width() <= max_columns:
+                continue
+            if len(query.outputs) == 1:
+                raise QueryTooWide(node, query.width(), max_columns)
+            # Too wide with this node: the query ends before it, and the
+            # node starts the next one.
+            query.undo(mark)
+            queries.append(query.compile())
+            query = _Everything(self.rules, referenced, batch=batch)
+            query.add(node, index)
+            if query.width() > max_columns:
+                raise QueryTooWide(node, query.width(), max_columns)
+        if query.outputs or not queries:
+            queries.append(query.compile())
+        return queries
+
+
+class QueryTooWide(ValueError):
+    """One segment, score or lifecycle needs more values per contact in one
+    query (its own, its aggregates over events, tags or lists) than allowed."""
+
+    def __init__(self, node: NodeKey, width: int, max_columns: int) -> None:
+        kind, name = node
+        what = "the lifecycle" if kind == "lifecycle" else f"{kind} {name}"
+        super().__init__(
+            f"{what} needs {width} values per contact in one query; at most {max_columns}"
+        )
+        self.node = node
+        self.width = width
+        self.max_columns = max_columns
+
+
+class _Everything:
+    """An ``everything`` query under construction: nodes are added in
+    ``rules.order`` (what a node reads comes before it), then the select is
+    built once (sqlglot's builder methods copy the whole tree on each call)."""
+
+    def __init__(
+        self, rules: CheckedRules, referenced: set[NodeKey], *, batch: bool = False
+    ) -> None:
+        self.rules = rules
+        self.params = _Params()
+        self.visitor = _Visitor(rules, self.params, batch=True)
+        self.referenced = referenced
+        self.batch = batch
+        if batch:
+            self.visitor.contacts = self.params.runtime("contact_pks", "bigint[]")
+        self.laterals: list[exp.Expr] = []
+        self.outputs: dict[NodeKey, exp.Expr] = {}
+
+    def add(self, node: NodeKey, index: int) -> None:
+        visitor, (kind, name) = self.visitor, node
+        expression: exp.Expr
+        if kind == "segment":
+            expression = visitor.strict(visitor.segment(name))
+        elif kind == "score":
+            expression = visitor.score(name).expr
+        else:
+            expression = visitor.stage_rank()
+        if node in self.referenced:
+            alias = f"n{index}"
+            fenced = exp.select(exp.alias_(expression, "v"))
+            fenced = fenced.offset(self.params.constant(0, "bigint"))
+            table = exp.TableAlias(this=exp.to_identifier(alias))
+            self.laterals.append(exp.Lateral(this=_subquery(fenced), alias=table))
+            expression = _col(alias, "v")
+            visitor.bound[node] = expression
+        self.outputs[node] = expression
+
+    def width(self) -> int:
+        """Entries of the widest select list: the outputs (with the id, and
+        the pk of a batch) or a grouped pass (with its contact_pk)."""
+        visitor = self.visitor
+        return max(
+            len(self.outputs) + 1 + self.batch,
+            len(visitor.events.columns) + 1,
+            len(visitor.tags.columns) + 1,
+            len(visitor.lists.columns) + 1,
+        )
+
+    def mark(self) -> tuple[Any, ...]:
+        visitor = self.visitor
+        return (
+            visitor.events.mark(),
+            visitor.tags.mark(),
+            visitor.lists.mark(),
+            len(self.laterals),
+        )
+
+    def undo(self, mark: tuple[Any, ...]) -> None:
+        """Forget the last node added (after ``mark``)."""
+        events, tags, lists, laterals = mark
+        self.visitor.events.undo(events)
+        self.visitor.tags.undo(tags)
+        self.visitor.lists.undo(lists)
+        del self.laterals[laterals:]
+        node, _ = self.outputs.popitem()
+        self.visitor.bound.pop(node, None)
+
+    def compile(self) -> CompiledQuery:
+        visitor, params = self.visitor, self.params
+        selected: list[exp.Expr] = [_col("c", "id")]
         columns: list[tuple[str, str]] = [ID]
-        for node in self.rules.order:
+        if self.batch:
+            selected.insert(0, _col("c", "pk"))
+            columns.insert(0, PK)
+        for node, expression in self.outputs.items():
             if node[0] == "segment":
-                select = select.select(exp.alias_(outputs[node], f"segment_{len(columns)}"))
+                selected.append(exp.alias_(expression, f"segment_{len(columns)}"))
                 columns.append(node)
-        for node in self.rules.order:
+        for node, expression in self.outputs.items():
             if node[0] == "score":
-                score = _cast(outputs[node], "numeric")
-                select = select.select(exp.alias_(score, f"score_{len(columns)}"))
+                score = _cast(expression, "numeric")
+                selected.append(exp.alias_(score, f"score_{len(columns)}"))
                 columns.append(node)
-        lifecycle = outputs.get(("lifecycle", ""))
+        lifecycle = self.outputs.get(("lifecycle", ""))
         if lifecycle is not None:
-            select = select.select(exp.alias_(visitor.stage_name(lifecycle), "stage"))
+            selected.append(exp.alias_(visitor.stage_name(lifecycle), "stage"))
             columns.append(STAGE)
+        select = _contacts(*selected)
         # The event aggregates and grouped passes first: the LATERAL
         # subqueries of the nodes read their columns.
         select = visitor.hoisted_joins(select)
-        for lateral in laterals:
-            select = select.join(lateral, join_type="CROSS")
-        return self._finish(select.where(_in_workspace(params)), params, tuple(columns))
+        for lateral in self.laterals:
+            select = select.join(lateral, join_type="CROSS", copy=False)
+        where = _in_workspace(params)
+        if visitor.contacts is not None:
+            where = _and(
+                [where, _binary(exp.EQ, _col("c", "pk"), _fn("ANY", visitor.contacts.copy()))]
+            )
+        return SqlCompiler._finish(select.where(where, copy=False), params, tuple(columns))
 
 
 def _referenced_nodes(rules: CheckedRules) -> set[NodeKey]:

@@ -35,16 +35,23 @@ _IDENTITY_INDEXES = (
 
 
 def evaluate_postgres(
-    rules: CheckedRules, contacts: Sequence[Contact], now: int, database_url: str
+    rules: CheckedRules,
+    contacts: Sequence[Contact],
+    now: int,
+    database_url: str,
+    *,
+    max_columns: int | None = None,
+    batch: bool = False,
 ) -> EvalResult:
-    """Every segment, score and stage of ``contacts`` at ``now`` (microseconds)."""
+    """Every segment, score and stage of ``contacts`` at ``now`` (microseconds);
+    ``max_columns`` and ``batch`` as for :func:`run_everything`."""
     with psycopg.connect(database_url, autocommit=True) as conn, throwaway_schema(conn):
         field_types = {name: rules.field_type(name) for name in rules.fields}
         workspace_id = load_contacts_into(conn, contacts, workspace="eval", field_types=field_types)
         # Fresh statistics: without them the planner guesses sizes and can
         # pick plans that are badly wrong on large inputs.
         conn.execute("ANALYZE contacts, contact_tags, subscriptions, events")
-        return run_everything(conn, rules, workspace_id, now)
+        return run_everything(conn, rules, workspace_id, now, max_columns=max_columns, batch=batch)
 
 
 @contextmanager
@@ -71,25 +78,47 @@ def throwaway_schema(conn: psycopg.Connection) -> Iterator[str]:
 
 
 def run_everything(
-    conn: psycopg.Connection, rules: CheckedRules, workspace_id: int, now: int
+    conn: psycopg.Connection,
+    rules: CheckedRules,
+    workspace_id: int,
+    now: int,
+    *,
+    max_columns: int | None = None,
+    batch: bool = False,
 ) -> EvalResult:
-    """Run the compiled ``everything`` query for a loaded workspace."""
-    query = SqlCompiler(rules).everything()
-    rows = conn.execute(query.sql, query.bind(now=now, workspace_id=workspace_id)).fetchall()
+    """Run the compiled ``everything`` query for a loaded workspace; with
+    ``max_columns``, its chunks (``SqlCompiler.everything_chunks``) one after
+    the other, as a backfill does (``batch``: for the workspace's contacts
+    named by pk), their rows joined by contact."""
+    compiler = SqlCompiler(rules)
+    if max_columns is None:
+        queries = [compiler.everything()]
+    else:
+        queries = compiler.everything_chunks(max_columns, batch=batch)
+    pks: list[int] | None = None
+    if batch:
+        cur = conn.execute("SELECT pk FROM contacts WHERE workspace_id = %s", (workspace_id,))
+        pks = [int(r[0]) for r in cur.fetchall()]
     result = EvalResult(
-        segments={name: [] for kind, name in query.columns if kind == "segment"},
-        scores={name: {} for kind, name in query.columns if kind == "score"},
+        segments={name: [] for kind, name in rules.order if kind == "segment"},
+        scores={name: {} for kind, name in rules.order if kind == "score"},
     )
-    has_stage = ("stage", "") in query.columns
-    for row in rows:
-        contact_id: str = row[0]
-        for (kind, name), value in zip(query.columns, row, strict=True):
-            if kind == "segment":
-                if value:
-                    result.segments[name].append(contact_id)
-            elif kind == "score":
-                result.scores[name][contact_id] = Decimal(value)
-        result.stages[contact_id] = row[-1] if has_stage else None
+    has_stage = rules.lifecycle is not None
+    for query in queries:
+        params = query.bind(now=now, workspace_id=workspace_id, contact_pks=pks)
+        for row in conn.execute(query.sql, params).fetchall():
+            values = dict(zip(query.columns, row, strict=True))
+            contact_id: str = values[("id", "")]
+            for (kind, name), value in values.items():
+                if kind == "segment":
+                    if value:
+                        result.segments[name].append(contact_id)
+                elif kind == "score":
+                    result.scores[name][contact_id] = Decimal(value)
+                elif kind == "stage":
+                    result.stages[contact_id] = value
+            if not has_stage:
+                result.stages[contact_id] = None
     for members in result.segments.values():
         members.sort()
     return result

@@ -8,10 +8,12 @@ program.dependencies[("segment", "hot_leads")]
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import CodeType
 from typing import Any
 
 from nudgel.compiler.python import NodeKey, PythonCompiler, function_name
@@ -19,6 +21,10 @@ from nudgel.dsl.checker import CheckedRules
 from nudgel.runtime.contact import Contact
 from nudgel.runtime.dependencies import DependencySet, dependency_sets
 from nudgel.runtime.result import EvalResult
+
+
+def _code(source: str) -> CodeType:
+    return compile(source, "<nudgel rules>", "exec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +48,13 @@ def to_micros(now: int | datetime) -> int:
 
 
 class Program:
-    def __init__(self, rules: CheckedRules) -> None:
+    def __init__(self, rules: CheckedRules, bytecode: bytes | None = None) -> None:
         module = PythonCompiler(rules).compile()
         self.rules = rules
         self.source = module.source
         namespace = dict(module.namespace)
-        exec(compile(module.source, "<nudgel rules>", "exec"), namespace)
+        code = marshal.loads(bytecode) if bytecode is not None else _code(module.source)
+        exec(code, namespace)
         self._evaluate: Callable[
             [Contact, int], tuple[tuple[bool, ...], tuple[Decimal, ...], int | None]
         ]
@@ -61,8 +68,16 @@ class Program:
         self.dependencies: Mapping[NodeKey, DependencySet] = dependency_sets(rules)
 
     @classmethod
-    def compile(cls, rules: CheckedRules) -> Program:
-        return cls(rules)
+    def compile(cls, rules: CheckedRules, bytecode: bytes | None = None) -> Program:
+        """The program of ``rules``; ``bytecode`` is its code compiled beforehand
+        (``Program.bytecode(rules)``, by this Python, possibly in another process:
+        ``compile`` of thousands of rules holds the GIL for a while)."""
+        return cls(rules, bytecode)
+
+    @staticmethod
+    def bytecode(rules: CheckedRules) -> bytes:
+        """The compiled code of the program of ``rules``, for :meth:`compile`."""
+        return marshal.dumps(_code(PythonCompiler(rules).compile().source))
 
     def evaluate(self, contact: Contact, now: int | datetime) -> ContactResult:
         segments, scores, stage = self._evaluate(contact, to_micros(now))

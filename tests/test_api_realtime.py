@@ -516,9 +516,7 @@ def test_segment_and_score_webhooks_are_delivered_signed_and_in_order(
 def test_backfill_in_many_small_batches_written_side_by_side(
     client: TestClient, key: IssuedKey, migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nudgel.api.rules import backfill
-
-    monkeypatch.setattr(backfill, "BATCH_SIZE", 2)
+    monkeypatch.setattr(client.app.state.settings, "backfill_batch_size", 2)  # type: ignore[attr-defined]
     ids = [
         upsert(client, key, {"email": f"s{i}@example.com", "tags": ["vip"] if i % 3 else []})["id"]
         for i in range(9)

@@ -7,6 +7,7 @@ A field the deployed rules read cannot be deleted.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -14,7 +15,8 @@ from nudgel.api.contacts.definitions import Definitions
 from nudgel.api.contacts.fields import field_types
 from nudgel.api.db.rows import fetch_one
 from nudgel.api.problems import ProblemError
-from nudgel.api.rules.store import compile_for_workspace, current_rules
+from nudgel.api.rules.compiling import compile_for_workspace
+from nudgel.api.rules.store import current_rules
 from nudgel.api.transaction import Transaction
 from nudgel.dsl.parser import KEYWORDS
 from psycopg import AsyncConnection
@@ -73,7 +75,8 @@ async def _refuse_if_rules_read(conn: AsyncConnection, workspace_id: int, name: 
         return
     definitions = await field_types(conn, workspace_id)
     definitions.pop(name, None)
-    result = compile_for_workspace(deployed.files, definitions)
+    # CPU-bound (seconds for thousands of segments): not on the event loop.
+    result = await asyncio.to_thread(compile_for_workspace, deployed.files, definitions)
     if result.rules is None:
         first = next(d for d in result.diagnostics if d.is_error)
         raise ProblemError.conflict(

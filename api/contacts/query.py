@@ -30,7 +30,8 @@ from nudgel.api.contacts.fields import field_types
 from nudgel.api.contacts.models import ContactOut
 from nudgel.api.contacts.views import contact_views
 from nudgel.api.problems import ProblemError, problem_type
-from nudgel.api.rules.store import compile_for_workspace, current_rules
+from nudgel.api.rules.compiling import compile_for_workspace
+from nudgel.api.rules.store import current_rules
 from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl.ast import Type
 from nudgel.dsl.diagnostics import SYNTAX, Diagnostic, InternalError

@@ -19,14 +19,17 @@ is still one row). Blank lines count but are skipped.
 parsing runs in a worker thread, a chunk at a time, so the event loop is
 never held for long). A row whose cell count differs from the header's is
 rejected there. :func:`run_import` then reads the staged rows in batches of
-:data:`BATCH_SIZE`, one transaction each: every row is validated as an
+``import_batch_size`` (a setting), one transaction each: every row is validated as an
 upsert body (:class:`ContactUpsert`, identifiers, typed fields: the API's
 rules, so the same value is refused with the same reason) and applied with
 ``contacts_store.upsert`` in its own savepoint (``with_retries``), so a row
 refused while it is applied (two external ids, 409) leaves nothing behind
 and the batch goes on. Applied rows are deleted from the staging table,
 rejected ones keep their reason: the rejection report, and, if the process
-stops mid-job, exactly the rows still to do.
+stops mid-job, exactly the rows still to do. The batch's transaction also
+adds its counts to the job and checks that this process still holds the
+job's lease (``nudgel.api.jobs.runner``): a crashed import is resumed by
+another process (``nudgel.api.jobs.resume``) with no row applied twice.
 
 Cells: empty (or blank) means "not given", as ``null`` in the API; ``tags``
 and ``push_tokens`` hold several values separated by ``;``; a ``number``
@@ -55,7 +58,7 @@ from functools import partial
 from typing import IO, Any
 
 from nudgel.api.contacts.fields import field_types, stored_fields_json
-from nudgel.api.contacts.identity import KINDS, IdentifierError, Identifiers
+from nudgel.api.contacts.identity import KINDS, IdentifierError, Identifiers, normalise_blocked
 from nudgel.api.contacts.models import ContactUpsert
 from nudgel.api.contacts.store import (
     UpsertInput,
@@ -65,20 +68,18 @@ from nudgel.api.contacts.store import (
     with_retries,
 )
 from nudgel.api.contacts.views import emit_created, emit_upsert
-from nudgel.api.jobs.runner import create_job, run_job, start_job
-from nudgel.api.lists.subscriptions import Confirming, Outgoing, get_list
+from nudgel.api.jobs.runner import JobHost, Lease, create_job, run_job, start_job
+from nudgel.api.lists.subscriptions import Confirming, Outgoing, confirming_of, get_list, send_all
 from nudgel.api.lists.subscriptions import apply as apply_subscriptions
 from nudgel.api.problems import ProblemError
 from nudgel.api.transaction import Transaction
 from nudgel.dsl.ast import Type
 from psycopg import AsyncConnection, errors
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 __all__ = [
     "ATTRIBUTES",
-    "BATCH_SIZE",
     "DEFAULT_SOURCE",
     "IGNORE",
     "Counts",
@@ -98,8 +99,6 @@ ATTRIBUTES = ("email", "phone", "whatsapp_id", "external_id", "name", "tags", "p
 IGNORE = "-"
 DEFAULT_SOURCE = "import"
 LIST_SEPARATOR = ";"
-# Rows per transaction: each holds its contacts' locks until it commits.
-BATCH_SIZE = 250
 # Rows parsed per trip to the worker thread while staging.
 STAGE_CHUNK = 5000
 MAX_COLUMNS = 200
@@ -259,8 +258,10 @@ async def prepare_import(
     tags: Sequence[str],
     source: str,
     list_name: str | None = None,
+    lease_seconds: float,
 ) -> tuple[str, int]:
-    """In the caller's transaction: the job and its staged rows; (job id, rows).
+    """In the caller's transaction: the job (leased to this process for
+    ``lease_seconds``) and its staged rows; (job id, rows).
 
     :class:`ImportRefused` when the file cannot be imported (roll back).
     """
@@ -269,7 +270,7 @@ async def prepare_import(
     targets = resolve_targets(parsed.header, mapping, fields)
     if list_name is not None and await get_list(conn, workspace_id, list_name) is None:
         raise ImportRefused(f"There is no list {list_name!r} (create it with POST /v1/lists).")
-    job_id = await create_job(conn, workspace_id, "import")
+    job_id = await create_job(conn, workspace_id, "import", lease_seconds)
     await conn.execute(
         "INSERT INTO imports (job_id, workspace_id, filename, header, targets, tags, source, list)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -573,88 +574,83 @@ async def _apply_batch(
 
 
 async def _run(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    region: str,
-    blocked: frozenset[str],
-    lists: ListContext | None,
+    host: JobHost, lease: Lease, workspace_id: int, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Every staged row applied or rejected; the counts, as the job's result."""
-    async with pool.connection() as conn:
-        plan = await _load_plan(conn, job_id)
-        if plan.list is not None and lists is None:
-            raise RuntimeError("the import subscribes to a list: run_import needs lists=")
-        cur = await conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL)"
-            " FROM import_rows WHERE job_id = %s",
-            (job_id,),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        counts = Counts(rows=int(row[0]), rejected=int(row[1]))
-        done = counts.rejected
+    """Every staged row still to do applied or rejected; the counts, as the job's result.
+
+    Resumed after a crash, it goes on with the rows its committed batches
+    left (each batch deletes the rows it applied and adds its counts to the
+    job in its own transaction, so no row is applied twice and the counts
+    stay exact)."""
+    settings = host.settings
+    region = settings.default_phone_region
+    blocked = normalise_blocked(settings.blocked_identifiers, region)
+    async with host.pool.connection() as conn:
+        plan = await _load_plan(conn, lease.job_id)
+        lists = None
+        if plan.list is not None:
+            # The signing key, the template renderer and the mailer of the
+            # app the job runs in (the API's, or the CLI's or worker's own).
+            await host.renderer()
+            confirming = await confirming_of(host.app, conn)
+            lists = ListContext(confirming, partial(send_all, host.app))
+        # The first run counts the rows refused while staging; a resumed one
+        # finds its counts on the job.
         await conn.execute(
-            "UPDATE jobs SET status = 'running', done = %s, result = %s WHERE id = %s",
-            (done, Jsonb(counts.as_json()), job_id),
+            "UPDATE jobs SET done = r.rejected, result = %s::jsonb || jsonb_build_object("
+            "'rows', jobs.total, 'rejected', r.rejected)"
+            " FROM (SELECT count(*) AS rejected FROM import_rows"
+            "        WHERE job_id = %s AND reason IS NOT NULL) r"
+            " WHERE id = %s AND result IS NULL AND lease_owner = %s",
+            (Jsonb(Counts().as_json()), lease.job_id, lease.job_id, lease.owner),
         )
         last = 0
         while True:
             async with conn.transaction():
+                # Fenced first: the job row stays locked to the batch's end,
+                # so a process that lost the lease applies nothing.
+                await lease.commit(conn)
                 cur = await conn.execute(
                     "SELECT row_number, cells FROM import_rows WHERE job_id = %s"
                     " AND row_number > %s AND reason IS NULL ORDER BY row_number LIMIT %s",
-                    (job_id, last, BATCH_SIZE),
+                    (lease.job_id, last, settings.import_batch_size),
                 )
                 rows = [(int(r[0]), list(r[1])) for r in await cur.fetchall()]
                 if not rows:
                     break
+                counts = Counts()
                 outgoing = await _apply_batch(
-                    conn, workspace_id, job_id, plan, rows, region, blocked, counts, lists
+                    conn, workspace_id, lease.job_id, plan, rows, region, blocked, counts, lists
                 )
-                done += len(rows)
-                # Counts so far, with the progress: a client polling the job
-                # sees them grow.
-                await conn.execute(
-                    "UPDATE jobs SET done = %s, result = %s WHERE id = %s",
-                    (done, Jsonb(counts.as_json()), job_id),
-                )
+                # Counts so far, with the progress, in the batch's transaction:
+                # a client polling the job sees them grow.
+                await lease.commit(conn, done=len(rows), counts=counts.as_json())
             last = rows[-1][0]
             if outgoing:
                 # Committed: the confirmation emails of the batch go out (never
                 # for a change that rolled back; no locks held while sending).
                 assert lists is not None
                 await lists.send(outgoing)
-    return counts.as_json()
+        cur = await conn.execute("SELECT result FROM jobs WHERE id = %s", (lease.job_id,))
+        final = await cur.fetchone()
+    assert final is not None
+    result: dict[str, Any] = final[0]
+    return result
 
 
-async def run_import(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    region: str,
-    blocked: frozenset[str],
-    lists: ListContext | None = None,
-) -> None:
-    """Apply the staged rows to the end, recording the counts or the failure on the job.
-
-    ``region`` and ``blocked`` are the settings' default phone region and
-    normalised blocked identifiers, as for ``POST /v1/contacts``; ``lists``
-    is needed when the import subscribes to a list.
-    """
-    await run_job(pool, job_id, "import", _run(pool, workspace_id, job_id, region, blocked, lists))
+async def run_import(host: JobHost, job_id: str) -> None:
+    """Apply the staged rows to the end (or to where another process takes the
+    job over), recording the counts or the failure on the job. The settings'
+    default phone region and blocked identifiers apply, as for
+    ``POST /v1/contacts``; an import subscribing contacts to a list sends
+    the confirmation emails with ``host.app``'s mailer."""
+    lease = Lease(job_id, host.settings.job_lease_seconds)
+    await run_job(host.pool, lease, partial(_run, host, lease))
 
 
-def start_import(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    region: str,
-    blocked: frozenset[str],
-    lists: ListContext | None = None,
-) -> None:
+def start_import(host: JobHost, job_id: str) -> None:
     """Start applying a prepared import (after its transaction committed)."""
-    start_job(run_import(pool, workspace_id, job_id, region, blocked, lists), f"import {job_id}")
+    start_job(host, run_import(host, job_id), f"import {job_id}")
 
 
 # ---- the report --------------------------------------------------------------------

@@ -1,15 +1,23 @@
 """Backfill: evaluate a newly deployed rule set for every contact of the
 workspace with the SQL backend, as a job with progress.
 
-One read of the compiled ``everything`` query streams (server-side cursor, in
-a REPEATABLE READ snapshot) while a second connection writes the results in
-batches, each batch its own transaction, updating the job's progress. Per
+One connection holds a REPEATABLE READ snapshot and walks the workspace's
+contacts in pk order, a batch at a time (at most ``backfill_batch_size``
+contacts, and fewer when the rule set is wide: :data:`BATCH_VALUES`). Each
+batch is evaluated by the rule set's queries (``DeployedRules.queries``: as
+many as it takes for each to compute at most ``backfill_max_columns``
+values per contact, so a rule set of any size stays within PostgreSQL's
+column limit), all over the same snapshot, their rows joined by contact.
+Other connections write the batches, each its own transaction, two at a
+time (one computes in Python while the other waits on the database). Per
 batch, results are compared with what is stored and only differences are
-written, with their history; outbox events are written for segments, scores
-and the stage that existed in the previous version (a changed rule fires
-enter/exit for the contacts it moves), not for new ones (the first fill of a
-new segment is silent). The next time-driven evaluation of each contact is
-computed in SQL too (``nudgel.runtime.next_change``'s offsets and instants).
+written, with their history; outbox events are written for segments,
+scores and the stage that existed in the previous version (a changed rule
+fires enter/exit for the contacts it moves), not for new ones (the first
+fill of a new segment is silent). The next time-driven evaluation of each
+contact is computed in SQL too (``nudgel.runtime.next_change``'s offsets and
+instants). The Python work on a batch yields to the event loop every
+:data:`YIELD_VALUES` values, so a wide batch never holds up requests.
 
 A mutation that commits while the backfill runs is evaluated in memory with
 the new rules; a batch written after it may be older than that evaluation.
@@ -17,6 +25,15 @@ The batch writer therefore re-evaluates in memory, with everything, the
 contacts evaluated since shortly before the snapshot (``evaluated_at``)
 instead of writing the snapshot's row. (``nudgel rules verify`` reports any
 drift that remains.)
+
+Crashes. Each batch's transaction checks the job's lease and that its
+version is still the newest (a newer deploy's backfill supersedes it: the
+job fails, saying so), and adds its counts to the job. Once every batch up
+to a contact has committed, the job records that contact's pk
+(``params.after_pk``) with the progress: a backfill resumed after a crash
+(``nudgel.api.jobs.resume``) starts after it, with a new snapshot. That is
+correct: the contacts before it were written with these rules, and every
+change since was evaluated with them in real time.
 """
 
 from __future__ import annotations
@@ -25,23 +42,35 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from nudgel.api.jobs.runner import run_job
+from nudgel.api.jobs.runner import JobHost, Lease, LeaseLost, run_job, start_job
 from nudgel.api.rules import realtime
-from nudgel.api.rules.store import DeployedRules
-from nudgel.compiler.sql import SqlCompiler
+from nudgel.api.rules.compiling import sql_in_process
+from nudgel.api.rules.store import DeployedRules, current_rules
+from nudgel.compiler.sql import CompiledQuery
 from nudgel.runtime.dependencies import NodeKey
 from nudgel.runtime.program import to_micros
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg.types.json import Jsonb
 
-__all__ = ["BATCH_SIZE", "run_backfill"]
+__all__ = ["BATCH_VALUES", "Superseded", "run_backfill", "start_backfill"]
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 2000
 WRITERS = 2
+# A batch holds at most this many values (contacts x segments and scores):
+# 5,000 segments make batches of 200 contacts.
+BATCH_VALUES = 1_000_000
+# Python work on a batch (decoding rows, comparing results) gives the event
+# loop a turn after this many values.
+YIELD_VALUES = 20_000
+COUNTS = ("entered", "exited", "scores_changed", "stages_changed")
+
+
+class Superseded(RuntimeError):
+    """A newer version was deployed: its own backfill evaluates every contact."""
 
 
 def _next_change_sql(deployed: DeployedRules) -> str:
@@ -80,28 +109,47 @@ def _field_instant(deployed: DeployedRules, name: str) -> str:
     return f"nudgel_try_timestamptz(c.fields->>'{name}')"
 
 
-async def run_backfill(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    deployed: DeployedRules,
-    silent: Sequence[NodeKey],
-) -> None:
-    """Run the job to its end, recording success or failure on it."""
-    await run_job(
-        pool, job_id, "backfill", _backfill(pool, workspace_id, job_id, deployed, frozenset(silent))
-    )
+def start_backfill(host: JobHost, job_id: str) -> None:
+    """Run the backfill job in the background (after the deploy committed)."""
+    start_job(host, run_backfill(host, job_id), name=f"backfill {job_id}")
+
+
+async def run_backfill(host: JobHost, job_id: str) -> None:
+    """Run the job to its end (or to where another process takes it over),
+    recording success or failure on it."""
+    lease = Lease(job_id, host.settings.job_lease_seconds)
+    await run_job(host.pool, lease, partial(_backfill, host, lease))
+
+
+# One contact of a batch: its pk, its id, and each node's value.
+_Row = tuple[int, str, dict[tuple[str, str], Any]]
 
 
 async def _backfill(
-    pool: AsyncConnectionPool,
-    workspace_id: int,
-    job_id: str,
-    deployed: DeployedRules,
-    silent: frozenset[NodeKey],
+    host: JobHost, lease: Lease, workspace_id: int, params: dict[str, Any]
 ) -> dict[str, Any]:
-    query = SqlCompiler(deployed.rules).everything()
-    counts = {"contacts": 0, "entered": 0, "exited": 0, "scores_changed": 0, "stages_changed": 0}
+    pool, settings = host.pool, host.settings
+    async with pool.connection() as conn:
+        deployed = await current_rules(conn, workspace_id)
+    version = params.get("version")
+    if deployed is None:
+        raise Superseded("the workspace has no rules any more")
+    if version is not None and deployed.version != version:
+        raise Superseded(
+            f"version {version} was superseded by version {deployed.version},"
+            " whose own backfill evaluates every contact"
+        )
+    silent = frozenset((str(kind), str(name)) for kind, name in params.get("silent", []))
+    after_pk = int(params.get("after_pk", 0))
+    queries = deployed.known_queries(settings.backfill_max_columns)
+    if queries is None:  # a resumed job in another process, another setting
+        queries = await sql_in_process(
+            deployed.rules, deployed.files, settings.backfill_max_columns
+        )
+        deployed.remember_queries(settings.backfill_max_columns, queries)
+    width = sum(len(q.columns) for q in queries)
+    batch_size = max(1, min(settings.backfill_batch_size, BATCH_VALUES // width))
+    progress = _Progress(lease, after_pk)
     # Every connection stays in the pool's autocommit mode (a connection handed
     # back in another mode would turn later statements into one open
     # transaction); the reader's snapshot is an explicit transaction.
@@ -113,78 +161,132 @@ async def _backfill(
         assert started_row is not None
         snapshot_margin = started_row[0]
         cur = await reader.execute(
-            "SELECT count(*) FROM contacts WHERE workspace_id = %s", (workspace_id,)
+            "SELECT count(*) FROM contacts WHERE workspace_id = %s AND pk > %s",
+            (workspace_id, after_pk),
         )
-        total_row = await cur.fetchone()
-        assert total_row is not None
+        remaining_row = await cur.fetchone()
+        assert remaining_row is not None
         async with pool.connection() as conn:
-            await conn.execute(
-                "UPDATE jobs SET status = 'running', total = %s WHERE id = %s",
-                (total_row[0], job_id),
+            await progress.start(conn, int(remaining_row[0]))
+        async with reader.cursor(name=f"backfill_{lease.job_id}") as contacts:
+            await contacts.execute(
+                "SELECT pk FROM contacts WHERE workspace_id = %s AND pk > %s ORDER BY pk",
+                (workspace_id, after_pk),
             )
-        sql = (
-            f"SELECT c.pk, q.* FROM ({query.sql}) q"
-            " JOIN contacts c ON c.workspace_id = %(workspace_id)s AND c.id = q.id"
-        )
-        params = query.bind(now=now, workspace_id=workspace_id)
-        async with reader.cursor(name=f"backfill_{job_id}") as stream:
-            await stream.execute(sql, params)
-            # Two batches are written at once on their own connections (their
-            # contacts are disjoint): one computes in Python while the other
-            # waits on the database.
             slots = asyncio.Semaphore(WRITERS)
             pending: set[asyncio.Task[None]] = set()
 
-            async def write(rows: list[Any]) -> None:
+            async def write(index: int, rows: list[_Row]) -> None:
                 try:
                     async with pool.connection() as conn:
                         await _write_batch(
-                            conn,
-                            workspace_id,
-                            deployed,
-                            query.columns,
-                            rows,
-                            now,
-                            silent,
-                            counts,
-                            snapshot_margin,
+                            conn, workspace_id, deployed, lease, rows, now, silent, snapshot_margin
                         )
-                        counts["contacts"] += len(rows)
-                        await conn.execute(
-                            # Batches finish in any order: done only grows.
-                            "UPDATE jobs SET done = greatest(done, %s) WHERE id = %s",
-                            (counts["contacts"], job_id),
-                        )
+                        await progress.finished(conn, index, len(rows), rows[-1][0])
                 finally:
                     slots.release()
 
             try:
-                while rows := await stream.fetchmany(BATCH_SIZE):
+                index = 0
+                while batch := await contacts.fetchmany(batch_size):
+                    pks = [int(r[0]) for r in batch]
+                    rows = await _evaluate(reader, queries, workspace_id, now, pks)
                     await slots.acquire()
                     for task in [t for t in pending if t.done()]:
                         pending.discard(task)
                         task.result()  # a failed batch fails the job now
-                    pending.add(asyncio.create_task(write(list(rows))))
+                    pending.add(asyncio.create_task(write(index, rows)))
+                    index += 1
                 await asyncio.gather(*pending)
             finally:
                 for task in pending:
                     task.cancel()
-    return counts
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT done, result FROM jobs WHERE id = %s", (lease.job_id,))
+        final = await cur.fetchone()
+    assert final is not None
+    return {"contacts": int(final[0]), **{name: int(final[1].get(name, 0)) for name in COUNTS}}
+
+
+class _Progress:
+    """Batches commit in any order; the job records the pk up to which every
+    batch has (where a resumed backfill starts) and how many contacts that is."""
+
+    def __init__(self, lease: Lease, after_pk: int) -> None:
+        self.lease = lease
+        self.after_pk = after_pk
+        self.next_index = 0
+        self.finished_batches: dict[int, tuple[int, int]] = {}
+        self.lock = asyncio.Lock()
+
+    async def start(self, conn: AsyncConnection, remaining: int) -> None:
+        cur = await conn.execute(
+            "UPDATE jobs SET total = done + %s, result = coalesce(result, %s)"
+            " WHERE id = %s AND lease_owner = %s RETURNING done",
+            (remaining, Jsonb(dict.fromkeys(COUNTS, 0)), self.lease.job_id, self.lease.owner),
+        )
+        if await cur.fetchone() is None:
+            raise LeaseLost(f"job {self.lease.job_id} is no longer held by this process")
+
+    async def finished(
+        self, conn: AsyncConnection, index: int, contacts: int, last_pk: int
+    ) -> None:
+        async with self.lock:
+            self.finished_batches[index] = (contacts, last_pk)
+            done, after_pk = 0, None
+            while self.next_index in self.finished_batches:
+                count, after_pk = self.finished_batches.pop(self.next_index)
+                done += count
+                self.next_index += 1
+            if after_pk is not None:
+                await conn.execute(
+                    "UPDATE jobs SET done = done + %s, params = params || %s"
+                    " WHERE id = %s AND lease_owner = %s",
+                    (done, Jsonb({"after_pk": after_pk}), self.lease.job_id, self.lease.owner),
+                )
+
+
+async def _evaluate(
+    reader: AsyncConnection,
+    queries: Sequence[CompiledQuery],
+    workspace_id: int,
+    now: int,
+    pks: list[int],
+) -> list[_Row]:
+    """Every query over the batch's contacts, in the reader's snapshot, joined by contact."""
+    rows: dict[int, _Row] = {}
+    for query in queries:
+        cur = await reader.execute(
+            query.sql, query.bind(now=now, workspace_id=workspace_id, contact_pks=pks)
+        )
+        columns = query.columns[2:]  # after pk and id
+        slice_rows = max(1, YIELD_VALUES // len(query.columns))
+        # Rows are decoded as they are fetched: a slice at a time, with the
+        # event loop's turn in between.
+        while fetched := await cur.fetchmany(slice_rows):
+            for row in fetched:
+                pk = int(row[0])
+                found = rows.get(pk)
+                if found is None:
+                    found = rows[pk] = (pk, str(row[1]), {})
+                found[2].update(zip(columns, row[2:], strict=True))
+            await asyncio.sleep(0)
+    return [rows[pk] for pk in pks if pk in rows]
 
 
 async def _write_batch(
     conn: AsyncConnection,
     workspace_id: int,
     deployed: DeployedRules,
-    columns: Sequence[tuple[str, str]],
-    rows: Sequence[Sequence[Any]],
+    lease: Lease,
+    rows: Sequence[_Row],
     now: int,
     silent: frozenset[NodeKey],
-    counts: dict[str, int],
     snapshot_margin: Any,
 ) -> None:
-    pks = [int(row[0]) for row in rows]
+    pks = [row[0] for row in rows]
     next_at: dict[int, Any] = {}
+    counts = dict.fromkeys(COUNTS, 0)
     async with conn.transaction():
         # The same lock a mutation takes on its contact: a batch and a
         # mutation of one contact run one after the other.
@@ -194,6 +296,17 @@ async def _write_batch(
             (snapshot_margin, pks),
         )
         locked = await cur.fetchall()
+        # After the locks: a deploy that commits from now on waits for no
+        # batch of ours, and its backfill's batches come after this one.
+        cur = await conn.execute(
+            "SELECT max(version) FROM rule_sets WHERE workspace_id = %s", (workspace_id,)
+        )
+        newest = await cur.fetchone()
+        if newest is not None and newest[0] != deployed.version:
+            raise Superseded(
+                f"version {deployed.version} was superseded by version {newest[0]},"
+                " whose own backfill evaluates every contact"
+            )
         prior_stages = {int(r[0]): r[1] for r in locked}
         moved = {int(r[0]) for r in locked if r[2]}
         if deployed.plan.offsets:
@@ -207,13 +320,13 @@ async def _write_batch(
             )
             next_at = {int(pk): at for pk, at in await cur.fetchall()}
         instants = sorted(i for i in deployed.plan.instants if i > now)
-        segment_names = [name for kind, name in columns if kind == "segment"]
-        score_names = [name for kind, name in columns if kind == "score"]
+        segment_names = [name for kind, name in deployed.rules.order if kind == "segment"]
+        score_names = [name for kind, name in deployed.rules.order if kind == "score"]
         writer = realtime.StateWriter(conn, workspace_id, now)
         await writer.load([pk for pk in pks if pk not in moved], segment_names, score_names)
         reason = f"rules.deployed v{deployed.version}"
-        for row in rows:
-            pk = int(row[0])
+        work = 0
+        for pk, contact_id, values in rows:
             if pk not in prior_stages:
                 continue  # deleted since the snapshot
             if pk in moved:
@@ -233,7 +346,7 @@ async def _write_batch(
             segments: dict[str, bool] = {}
             scores: dict[str, Decimal] = {}
             stage: tuple[str | None, str | None] | None = None
-            for (kind, name), value in zip(columns, row[1:], strict=True):
+            for (kind, name), value in values.items():
                 if kind == "segment":
                     segments[name] = bool(value)
                 elif kind == "score":
@@ -246,7 +359,7 @@ async def _write_batch(
                 micros = instants[0]
             outcome = writer.contact(
                 pk,
-                str(row[1]),
+                contact_id,
                 reason,
                 segments=segments,
                 scores=scores,
@@ -255,7 +368,13 @@ async def _write_batch(
                 silent=silent,
             )
             _count(counts, outcome)
+            work += len(values)
+            if work >= YIELD_VALUES:
+                work = 0
+                await asyncio.sleep(0)
         await writer.flush()
+        # Fenced: only the lease holder's batch commits.
+        await lease.commit(conn, counts=counts)
 
 
 def _count(counts: dict[str, int], outcome: realtime.Outcome) -> None:

@@ -1,24 +1,24 @@
-"""A workspace's deployed rules: compiled against its field definitions,
-stored as numbered versions, loaded (and compiled once per process) for
-evaluation.
-
-Rule files may declare fields (``field plan: text``) or leave them out: the
-workspace's definitions (``/v1/fields``) are declared for them in a virtual
-file. A declaration must agree with the definition (E271) and name a defined
-field (E270): the service only stores values of defined fields, so a rule
-about any other could never hold.
+"""A workspace's deployed rules: compiled against its field definitions
+(``nudgel.api.rules.compiling``), stored as numbered versions, loaded (and
+compiled once per process, off the event loop) for evaluation.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from nudgel.api.rules.compiling import (
+    compile_for_workspace,
+    compile_rules,
+    declared_fields,
+    definitions_of,
+)
+from nudgel.compiler.sql import CompiledQuery, SqlCompiler
 from nudgel.dsl import ast
 from nudgel.dsl.ast import FIELD_TYPES
-from nudgel.dsl.checker import CheckedRules, CheckResult, check_sources, fields_read
-from nudgel.dsl.diagnostics import FIELD_NOT_DEFINED, FIELD_TYPE_DIFFERS, Diagnostic, InternalError
+from nudgel.dsl.checker import CheckedRules, fields_read
 from nudgel.dsl.parser import KEYWORDS, parse
 from nudgel.runtime.dependencies import DependencySet, NodeKey
 from nudgel.runtime.next_change import TimePlan, time_plan
@@ -27,91 +27,18 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "PULLED_FIELDS",
     "DeployedRules",
     "compile_for_workspace",
     "current_rules",
+    "definitions_of",
+    "field_signature",
+    "field_types",
+    "pull_files",
+    "remember",
     "rules_and_now",
     "store_version",
 ]
-
-WORKSPACE_FIELDS = "<workspace fields>"
-
-
-def declared_fields(files: Mapping[str, str]) -> dict[str, str]:
-    """The fields ``files`` declare, name -> type name (first declaration wins)."""
-    declared: dict[str, str] = {}
-    for path in sorted(files):
-        parsed = parse(files[path], path)
-        if parsed.file is not None:
-            for decl in parsed.file.declarations:
-                if isinstance(decl, ast.FieldDecl):
-                    declared.setdefault(decl.name, decl.type_name)
-    return declared
-
-
-def compile_for_workspace(
-    files: Mapping[str, str],
-    definitions: Mapping[str, ast.Type],
-    *,
-    new_fields: bool = False,
-) -> CheckResult:
-    """Check ``files`` with the workspace's field definitions declared.
-
-    A field the files declare that the workspace lacks is an error (E270),
-    unless ``new_fields``: a deploy creates it (the rule files are the
-    workspace's schema). A declaration whose type differs from the
-    workspace's is always an error (E271)."""
-    declared: dict[str, ast.FieldDecl] = {}
-    extra: list[Diagnostic] = []
-    for path in sorted(files):
-        parsed = parse(files[path], path)
-        if parsed.file is None:
-            continue
-        for decl in parsed.file.declarations:
-            if not isinstance(decl, ast.FieldDecl):
-                continue
-            declared.setdefault(decl.name, decl)
-            defined = definitions.get(decl.name)
-            if defined is None and new_fields:
-                continue
-            if defined is None:
-                extra.append(
-                    FIELD_NOT_DEFINED(
-                        decl.name_span,
-                        help=f'define it first: POST /v1/fields {{"name": "{decl.name}", ...}}',
-                        name=decl.name,
-                    )
-                )
-            elif decl.type_name != defined.value:
-                extra.append(
-                    FIELD_TYPE_DIFFERS(
-                        decl.type_span,
-                        help=f"declare it `{defined.value}`, or leave the declaration out",
-                        name=decl.name,
-                        declared=decl.type_name,
-                        defined=defined.value,
-                    )
-                )
-    implicit = "".join(
-        f"field {name}: {type_.value}\n"
-        for name, type_ in sorted(definitions.items())
-        # A keyword is no field name in the rules language (the API refuses
-        # them; older definitions may still be there): rules cannot name it.
-        if name not in declared and name not in KEYWORDS
-    )
-    sources = dict(files)
-    if implicit:
-        sources[WORKSPACE_FIELDS] = implicit
-    result = check_sources(sources)
-    # The implicit declarations are not the user's: no "declared but never
-    # used". An error there would be ours, never silently dropped.
-    if any(d.is_error for d in result.diagnostics if d.span.file == WORKSPACE_FIELDS):
-        raise InternalError(f"the workspace's field declarations do not check: {implicit!r}")
-    diagnostics = [d for d in result.diagnostics if d.span.file != WORKSPACE_FIELDS]
-    diagnostics.extend(extra)
-    diagnostics.sort(key=Diagnostic.sort_key)
-    rules = result.rules if not extra else None
-    return CheckResult(rules, tuple(diagnostics))
 
 
 @dataclass(frozen=True)
@@ -126,10 +53,24 @@ class DeployedRules:
     dependencies: Mapping[NodeKey, DependencySet]
     # Event names the rules read (None: every event, `event *` is used).
     event_names: frozenset[str] | None
+    # (max_columns, batch) -> the backfill's queries, compiled on first use.
+    _queries: dict[tuple[int, bool], tuple[CompiledQuery, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
-    def build(cls, version: int, files: Mapping[str, str], rules: CheckedRules) -> DeployedRules:
-        program = Program.compile(rules)
+    def build(
+        cls,
+        version: int,
+        files: Mapping[str, str],
+        rules: CheckedRules,
+        bytecode: bytes | None = None,
+    ) -> DeployedRules:
+        """Compile the program and time plan: CPU-bound (a second for thousands
+        of segments), so callers on the event loop run it in a worker thread,
+        with the program's ``bytecode`` compiled elsewhere when it is large
+        (``compiling.compile_rules``: Python's ``compile`` holds the GIL)."""
+        program = Program.compile(rules, bytecode)
         names: set[str] = set()
         any_event = False
         for deps in program.dependencies.values():
@@ -145,24 +86,68 @@ class DeployedRules:
             None if any_event else frozenset(names),
         )
 
+    def remember_queries(self, max_columns: int, queries: tuple[CompiledQuery, ...]) -> None:
+        """The backfill's queries, compiled elsewhere (``nudgel.api.rules.compiling``)."""
+        self._queries[(max_columns, True)] = queries
 
-# (workspace, version, field definitions) -> compiled rules. Compiling is
-# milliseconds to a second; every mutation needs the program.
+    def known_queries(self, max_columns: int) -> tuple[CompiledQuery, ...] | None:
+        """The backfill's queries if already compiled."""
+        return self._queries.get((max_columns, True))
+
+    def queries(self, max_columns: int, *, batch: bool = True) -> tuple[CompiledQuery, ...]:
+        """Every segment, score and the stage as SQL (``SqlCompiler.everything_chunks``),
+        compiled once per version; CPU-bound, so call it in a worker thread.
+        ``QueryTooWide`` when one node needs more than ``max_columns``."""
+        key = (max_columns, batch)
+        found = self._queries.get(key)
+        if found is None:
+            chunks = SqlCompiler(self.rules).everything_chunks(max_columns, batch=batch)
+            found = self._queries[key] = tuple(chunks)
+        return found
+
+
+# (workspace, rule set id, field definitions) -> compiled rules. Compiling is
+# milliseconds to seconds; every mutation needs the program. The rule set's id
+# (never reused, unlike a version number whose deploy rolled back) lets a
+# deploy put what it compiled here before it commits.
 _compiled: dict[tuple[int, int, str], DeployedRules] = {}
 
 
 # One round trip for what every mutation needs: the version in force, the
 # field definitions it compiles against, and the workspace's evaluation instant.
-_CURRENT = """
-SELECT r.version,
-       (SELECT coalesce(json_agg(json_build_array(f.name, f.type) ORDER BY f.name), '[]')::text
-          FROM field_definitions f WHERE f.workspace_id = w.id),
-       coalesce(w.test_clock, now())
+_SIGNATURE = """
+(SELECT coalesce(json_agg(json_build_array(f.name, f.type) ORDER BY f.name), '[]')::text
+   FROM field_definitions f WHERE f.workspace_id = w.id)
+"""
+_CURRENT = f"""
+SELECT r.version, r.id, {_SIGNATURE}, coalesce(w.test_clock, now())
   FROM workspaces w
-  LEFT JOIN LATERAL (SELECT version FROM rule_sets
+  LEFT JOIN LATERAL (SELECT version, id FROM rule_sets
                       WHERE workspace_id = w.id ORDER BY version DESC LIMIT 1) r ON true
  WHERE w.id = %s
 """
+
+
+def _remember(key: tuple[int, int, str], deployed: DeployedRules) -> None:
+    if len(_compiled) > 256:
+        _compiled.clear()
+    _compiled[key] = deployed
+
+
+async def field_signature(conn: AsyncConnection, workspace_id: int) -> str:
+    """The workspace's field definitions as the compiled rules' cache knows them."""
+    cur = await conn.execute(
+        f"SELECT {_SIGNATURE} FROM workspaces w WHERE w.id = %s", (workspace_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError(f"no workspace {workspace_id}")
+    return str(row[0])
+
+
+def remember(workspace_id: int, rule_set_id: int, signature: str, deployed: DeployedRules) -> None:
+    """What a deploy compiled, for the mutations (and its backfill) that follow."""
+    _remember((workspace_id, rule_set_id, signature), deployed)
 
 
 async def rules_and_now(
@@ -175,11 +160,11 @@ async def rules_and_now(
     row = await cur.fetchone()
     if row is None:
         raise LookupError(f"no workspace {workspace_id}")
-    version, signature, now = row
+    version, rule_set_id, signature, now = row
     micros = to_micros(now)
     if version is None:
         return None, micros
-    key = (workspace_id, int(version), signature)
+    key = (workspace_id, int(rule_set_id), signature)
     deployed = _compiled.get(key)
     if deployed is None:
         cur = await conn.execute(
@@ -188,17 +173,17 @@ async def rules_and_now(
         )
         files_row = await cur.fetchone()
         assert files_row is not None
-        definitions = {name: FIELD_TYPES[type_name] for name, type_name in json.loads(signature)}
-        result = compile_for_workspace(files_row[0], definitions)
-        if result.rules is None:
+        # CPU-bound (seconds for thousands of segments): not on the event loop.
+        compiled = await compile_rules(files_row[0], signature)
+        if compiled.rules is None:
             # Deleting a field the rules read is refused (409), so this is a bug.
             raise RuntimeError(
                 f"deployed rules v{version} of workspace {workspace_id} no longer compile"
             )
-        deployed = DeployedRules.build(int(version), files_row[0], result.rules)
-        if len(_compiled) > 256:
-            _compiled.clear()
-        _compiled[key] = deployed
+        deployed = await asyncio.to_thread(
+            DeployedRules.build, int(version), files_row[0], compiled.rules, compiled.bytecode
+        )
+        _remember(key, deployed)
     return deployed, micros
 
 
@@ -208,8 +193,11 @@ async def current_rules(conn: AsyncConnection, workspace_id: int) -> DeployedRul
     return deployed
 
 
-async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]) -> int:
-    """Record ``files`` as the workspace's next version (in the caller's transaction)."""
+async def store_version(
+    conn: AsyncConnection, workspace_id: int, files: Mapping[str, str]
+) -> tuple[int, int]:
+    """Record ``files`` as the workspace's next version (in the caller's
+    transaction); its version and its row's id."""
     # Serialise deploys of one workspace: the version numbers stay dense.
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtext('nudgel.rules'), %s::int)", (workspace_id,)
@@ -217,12 +205,12 @@ async def store_version(conn: AsyncConnection, workspace_id: int, files: Mapping
     cur = await conn.execute(
         "INSERT INTO rule_sets (workspace_id, version, files)"
         " SELECT %s, coalesce(max(version), 0) + 1, %s FROM rule_sets WHERE workspace_id = %s"
-        " RETURNING version",
+        " RETURNING version, id",
         (workspace_id, Jsonb(dict(files)), workspace_id),
     )
     row = await cur.fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), int(row[1])
 
 
 PULLED_FIELDS = "workspace_fields.rules"

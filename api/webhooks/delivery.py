@@ -58,6 +58,9 @@ from datetime import UTC, datetime
 
 import httpx
 import psycopg
+from nudgel.api.db.pool import make_pool
+from nudgel.api.jobs.resume import resume_loop
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.rules.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
@@ -359,19 +362,28 @@ async def run_worker(
 
 
 async def run_standalone(url: str, settings: Settings) -> None:
-    """``nudgel worker``: :func:`run_worker` until SIGINT or SIGTERM, then a clean stop."""
+    """``nudgel worker``: :func:`run_worker` until SIGINT or SIGTERM, then a clean stop.
+
+    The scheduler (re-evaluation as time passes) and the resumption of jobs
+    whose process died (on a pool of their own, the size of the API's) are
+    background work too."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
             loop.add_signal_handler(signum, stop.set)
     pool = make_worker_pool(url)
+    jobs_pool = make_pool(url, settings)
     await pool.open(wait=True)
+    await jobs_pool.open(wait=True)
+    jobs = JobHost(jobs_pool, settings)
     try:
-        # The scheduler (re-evaluation as time passes) is background work too.
         await asyncio.gather(
             run_worker(pool, settings, stop),
             scheduler_loop(pool, settings.schedule_interval, stop),
+            resume_loop(jobs, settings.job_resume_interval, stop),
         )
     finally:
+        await jobs.stop()  # their leases released: another process resumes them at once
+        await jobs_pool.close()
         await pool.close()

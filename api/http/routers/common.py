@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from nudgel.api.http.auth import authenticate, tenant_connection
 from nudgel.api.http.problems import problem_responses
+from nudgel.api.jobs.runner import JobHost
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
 
-__all__ = ["Conn", "resource_router", "settings_of"]
+__all__ = ["Conn", "job_host_of", "resource_router", "settings_of"]
 
 Conn = Annotated[AsyncConnection, Depends(tenant_connection)]
 
@@ -36,3 +37,9 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
 def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def job_host_of(request: Request) -> JobHost:
+    """Where this app runs jobs (set up by the lifespan)."""
+    host: JobHost = request.app.state.job_host
+    return host

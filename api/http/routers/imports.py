@@ -13,30 +13,26 @@ import builtins
 import hashlib
 import json
 from datetime import datetime
-from functools import partial
 from typing import IO, Annotated, Any, Literal
 
 from fastapi import File, Form, Path, Request, UploadFile
 from fastapi.responses import JSONResponse
-from nudgel.api.contacts.identity import normalise_blocked
 from nudgel.api.contacts.models import ListName, Source, TagName
-from nudgel.api.db.pool import pool_of
 from nudgel.api.http import idempotency
 from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
-from nudgel.api.http.routers.common import Conn, resource_router, settings_of
+from nudgel.api.http.routers.common import Conn, job_host_of, resource_router, settings_of
 from nudgel.api.http.writes import IdempotencyKeyHeader, RequestTransaction, replayable
 from nudgel.api.jobs.imports import (
     DEFAULT_SOURCE,
     IGNORE,
     ImportRefused,
-    ListContext,
     prepare_import,
     rejected_rows,
     start_import,
 )
-from nudgel.api.lists import subscriptions as subscribing
+from nudgel.api.lists import tokens
 from nudgel.api.problems import FieldError, ProblemError, problem_type
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -262,13 +258,10 @@ async def create_import(
     # Shown back as given, but PostgreSQL text cannot hold NUL.
     filename = (file.filename or "").replace("\x00", "")[:255] or None
     binary = file.file
-    region = settings.default_phone_region
-    blocked = normalise_blocked(settings.blocked_identifiers, region)
-    lists = None
     if list_name is not None:
-        # Outside the transaction: a signing key generated now is stored whatever happens.
-        confirming = await subscribing.confirming_of(request.app, conn)
-        lists = ListContext(confirming, partial(subscribing.send_all, request.app))
+        # Outside the transaction: a signing key generated now is stored whatever
+        # happens (the import's job reads it when it sends confirmation emails).
+        await tokens.signing_key(request.app, conn)
     async with conn.transaction():
         tx = RequestTransaction(conn, auth.workspace_id, _key=idempotency_key)
         if idempotency_key is not None:
@@ -293,6 +286,7 @@ async def create_import(
                 tags=tag_list,
                 source=source,
                 list_name=list_name,
+                lease_seconds=settings.job_lease_seconds,
             )
         except ImportRefused as error:
             raise ProblemError(
@@ -306,7 +300,7 @@ async def create_import(
                 ],
             ) from None
         response = await tx.respond(202, await _view(conn, auth.workspace_id, job_id))
-    start_import(pool_of(request), auth.workspace_id, job_id, region, blocked, lists)
+    start_import(job_host_of(request), job_id)
     return _with_location(response, job_id)
 
 
