@@ -95,8 +95,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     renderer = TemplateRenderer(settings)
     await renderer.start()
     app.state.renderer = renderer
-    # Jobs (backfills, imports) run on the API's pool.
-    jobs = JobHost(pool, settings, app)
+    # Jobs (backfills, imports) have their own pool, without the request limits.
+    job_pool = make_pool(url, settings, for_jobs=True)
+    await job_pool.open(wait=True)
+    jobs = JobHost(job_pool, settings, app)
     app.state.job_host = jobs
     worker: tuple[asyncio.Task[None], AsyncConnectionPool] | None = None
     stop = asyncio.Event()
@@ -134,6 +136,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(scheduler, 30)
             await worker[1].close()
         await renderer.close()
+        await job_pool.close()
         await pool.close()
 
 

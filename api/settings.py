@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     idle_in_transaction_timeout_ms: int = Field(
         default=60_000, ge=0, description="A transaction left idle this long is ended."
     )
+    job_statement_timeout_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Longest statement of a job (backfill, import, verify; 0: no limit).",
+    )
+    job_idle_in_transaction_timeout_ms: int = Field(
+        default=600_000, ge=0, description="A job's transaction left idle this long is ended."
+    )
+    job_pool_max_size: int = Field(
+        default=4, ge=2, description="Connections of the jobs' own pool (per process)."
+    )
     workspace_max_connections: int = Field(
         default=5,
         ge=1,

@@ -128,7 +128,7 @@ async def _import(
     list_name: str | None,
     source: str,
 ) -> int:
-    pool = make_pool(url, settings)
+    pool = make_pool(url, settings, for_jobs=True)
     await pool.open(wait=True)
     host: JobHost | None = None
     try:

@@ -44,7 +44,7 @@ def _read_sources(paths: tuple[str, ...]) -> dict[str, str]:
 
 
 def _pool() -> AsyncConnectionPool:
-    return make_pool(database_url_from_env(), Settings())
+    return make_pool(database_url_from_env(), Settings(), for_jobs=True)
 
 
 @rules.command()
@@ -70,7 +70,7 @@ async def _apply(
     sources: dict[str, str], workspace: str, test_mode: bool, force_backfill: bool
 ) -> int:
     settings = Settings()
-    pool = make_pool(database_url_from_env(), settings)
+    pool = make_pool(database_url_from_env(), settings, for_jobs=True)
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:

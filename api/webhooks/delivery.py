@@ -373,7 +373,7 @@ async def run_standalone(url: str, settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
             loop.add_signal_handler(signum, stop.set)
     pool = make_worker_pool(url)
-    jobs_pool = make_pool(url, settings)
+    jobs_pool = make_pool(url, settings, for_jobs=True)
     await pool.open(wait=True)
     await jobs_pool.open(wait=True)
     jobs = JobHost(jobs_pool, settings)

@@ -95,7 +95,7 @@ async def get_list(name: NameParam, auth: Auth, conn: Conn) -> SubscriptionList:
     " in contact id order. 404 for an unknown list.",
     responses=problem_responses(404),
 )
-async def list_contacts(
+async def list_members(
     name: NameParam,
     auth: Auth,
     conn: Conn,
