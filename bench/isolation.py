@@ -172,8 +172,8 @@ def _declare_huge_body(port: int) -> int | str:
 def summary(latencies: list[float]) -> str:
     ordered = sorted(latencies)
     return (
-        f"{len(ordered)} upserts, p50 {percentile(ordered, 50):.1f} ms,"
-        f" p99 {percentile(ordered, 99):.1f} ms"
+        f"{len(ordered)} upserts, p50 {percentile(ordered, 0.5):.1f} ms,"
+        f" p99 {percentile(ordered, 0.99):.1f} ms"
     )
 
 
@@ -185,8 +185,8 @@ async def phases(base: str, victim_key: IssuedKey, attacker_key: IssuedKey, args
         attacker(base, attacker_key, args.seconds),
     )
     print(f"abused:  {summary(abused)}")
-    q99, a99 = percentile(sorted(quiet), 99), percentile(sorted(abused), 99)
-    q50, a50 = percentile(sorted(quiet), 50), percentile(sorted(abused), 50)
+    q99, a99 = percentile(quiet, 0.99), percentile(abused, 0.99)
+    q50, a50 = percentile(quiet, 0.5), percentile(abused, 0.5)
     print(f"victim ratio abused/quiet: p50 {a50 / q50:.2f}, p99 {a99 / q99:.2f} (aim: p99 <= 2)")
     for what, counts in outcomes.items():
         print(f"attacker {what}: {dict(counts)}")

@@ -99,3 +99,15 @@ def test_where_over_rules_that_are_not_deployed_names_them(
         422,
     )
     assert "single condition" in problem["detail"]
+
+
+def test_where_compares_decimal_scores_exactly(client: TestClient, key: IssuedKey) -> None:
+    h = bearer(key)
+    files = {"r.rules": 'score warmth {\n  +2.5 per event "open"\n}\n'}
+    assert client.put("/v1/rules", json={"files": files}, headers=h).status_code in (200, 202)
+    client.post("/v1/events", json={"email": "one@example.com", "name": "open"}, headers=h)
+    for _ in range(2):
+        client.post("/v1/events", json={"email": "two@example.com", "name": "open"}, headers=h)
+    assert _emails(client, key, "score.warmth = 2.5") == ["one@example.com"]
+    assert _emails(client, key, "score.warmth > 2.5") == ["two@example.com"]
+    assert _emails(client, key, "score.warmth between 2 and 3") == ["one@example.com"]

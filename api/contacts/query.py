@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nudgel.api.contacts.fields import field_types
@@ -32,8 +33,9 @@ from nudgel.api.contacts.views import contact_views
 from nudgel.api.problems import ProblemError, problem_type
 from nudgel.api.rules.compiling import compile_for_workspace
 from nudgel.api.rules.store import current_rules
-from nudgel.compiler.sql import CompiledQuery, SqlCompiler
+from nudgel.compiler.sql import CompiledQuery, SqlCompiler, integral_score
 from nudgel.dsl.ast import Type
+from nudgel.dsl.checker import CheckedRules
 from nudgel.dsl.diagnostics import SYNTAX, Diagnostic, InternalError
 from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
@@ -43,6 +45,7 @@ __all__ = ["SEGMENT", "compile_where", "list_contacts"]
 
 SEGMENT = "request_filter"
 FILE = "where"
+STUBS = "<deployed names>"
 
 
 def _source(expr: str) -> str:
@@ -83,31 +86,70 @@ def _invalid(diagnostics: list[Diagnostic]) -> ProblemError:
     )
 
 
-@functools.lru_cache(maxsize=256)
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """What ``where=`` may read of the deployed rules: names, not definitions
+    (their stored state is read, so their bodies never matter)."""
+
+    segments: frozenset[str] = frozenset()
+    scores: tuple[tuple[str, bool], ...] = ()  # (name, whole: integral values)
+    stages: tuple[str, ...] | None = None  # None: no lifecycle deployed
+
+    @classmethod
+    def of(cls, rules: CheckedRules | None) -> Deployed:
+        if rules is None:
+            return cls()
+        return cls(
+            frozenset(rules.segments),
+            tuple(sorted((n, integral_score(s)) for n, s in rules.scores.items())),
+            tuple(rules.stage_names) if rules.lifecycle is not None else None,
+        )
+
+
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _stubs(expr: str, deployed: Deployed) -> str:
+    """Declarations standing in for the deployed segments, scores and stages EXPR
+    names: the compiled filter reads their stored state, so any body will do,
+    and only the names EXPR mentions are declared (a rule set of thousands of
+    segments costs nothing here)."""
+    words = set(_WORD.findall(expr))
+    lines = [f"segment {name} {{ email is set }}" for name in sorted(deployed.segments & words)]
+    lines += [
+        f"score {name} {{ {'+1' if whole else '+0.5'} when email is set }}"
+        for name, whole in deployed.scores
+        if name in words
+    ]
+    if deployed.stages is not None and "stage" in words:
+        stages = "\n".join(f"  {stage} when email is set" for stage in deployed.stages)
+        lines.append(f"lifecycle {{\n{stages}\n}}")
+    return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=1024)
 def _compile_cached(
-    expr: str, types: tuple[tuple[str, Type], ...], deployed: tuple[tuple[str, str], ...]
+    expr: str, types: tuple[tuple[str, Type], ...], deployed: Deployed
 ) -> CompiledQuery:
-    files = dict(deployed)
-    result = compile_for_workspace({**files, FILE: _source(expr)}, dict(types))
+    stubs = _stubs(expr, deployed)
+    result = compile_for_workspace({FILE: _source(expr), STUBS: stubs}, dict(types))
     mine = [d for d in result.diagnostics if d.span.file == FILE]
     mapped = [m for d in mine if (m := _into_expr(d, expr)) is not None]
     if result.rules is None or any(d.is_error for d in result.diagnostics):
         errors = [d for d in mapped if d.is_error]
         if not errors:
-            raise InternalError(f"the deployed rules do not check with where={expr!r}")
+            raise InternalError(f"the deployed rules' names do not check with where={expr!r}")
         raise _invalid(errors)
     rules = result.rules
     # EXPR that closes the brace could declare more (segments, scores ...): it
     # must be one condition.
-    before = compile_for_workspace(files, dict(types)).rules if files else None
-    segments = set(before.segments) if before is not None else set()
-    scores = set(before.scores) if before is not None else set()
-    lifecycle = before.lifecycle if before is not None else None
+    expected = compile_for_workspace({STUBS: stubs}, dict(types)).rules
+    assert expected is not None
     if (
-        set(rules.segments) != segments | {SEGMENT}
-        or set(rules.scores) != scores
-        or (rules.lifecycle is None) != (lifecycle is None)
-        or set(rules.fields) != set(before.fields if before is not None else rules.fields)
+        set(rules.segments) != set(expected.segments) | {SEGMENT}
+        or set(rules.scores) != set(expected.scores)
+        or (rules.lifecycle is None) != (expected.lifecycle is None)
+        or set(rules.fields) != set(expected.fields)
     ):
         end = Span(FILE, 1, 1, 1, 2)
         raise _invalid([SYNTAX(end, message="`where` must be a single condition")])
@@ -115,15 +157,13 @@ def _compile_cached(
 
 
 def compile_where(
-    expr: str, types: Mapping[str, Type], deployed: Mapping[str, str] | None = None
+    expr: str, types: Mapping[str, Type], deployed: Deployed | None = None
 ) -> CompiledQuery:
     """The query of the contacts EXPR holds for; a 422 problem carrying the
     diagnostics when it has errors. EXPR may read the ``deployed`` rules'
     segments, scores and stage: their stored, real-time state (naming one that is
     not deployed is an error naming it)."""
-    return _compile_cached(
-        expr, tuple(sorted(types.items())), tuple(sorted((deployed or {}).items()))
-    )
+    return _compile_cached(expr, tuple(sorted(types.items())), deployed or Deployed())
 
 
 def _too_slow(where: str) -> ProblemError:
@@ -160,9 +200,9 @@ async def list_contacts(
     if where is not None:
         types = await field_types(conn, workspace_id)
         deployed = await current_rules(conn, workspace_id)
-        files = deployed.files if deployed is not None else None
+        names = Deployed.of(deployed.rules if deployed is not None else None)
         # Parsing, checking and compiling are CPU work: off the event loop.
-        query = await asyncio.to_thread(compile_where, where, types, files)
+        query = await asyncio.to_thread(compile_where, where, types, names)
         # The compiled query's own placeholders (p1.., now, workspace_id) do
         # not clash with the list_* names.
         params.update(query.bind(now=time.time_ns() // 1000, workspace_id=workspace_id))
