@@ -52,6 +52,7 @@ from nudgel.api.jobs.resume import resume_loop
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.lists.rendering import TemplateRenderer
 from nudgel.api.problems import Problem, ProblemError
+from nudgel.api.rules import compiling
 from nudgel.api.rules.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
 from nudgel.api.webhooks import delivery
@@ -136,6 +137,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(scheduler, 30)
             await worker[1].close()
         await renderer.close()
+        await asyncio.to_thread(compiling.shutdown_pool)
         await job_pool.close()
         await pool.close()
 

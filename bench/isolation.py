@@ -39,7 +39,8 @@ from nudgel.schema.migrate import apply_migrations
 VICTIM_CLIENTS = 4
 SLOW_WHERE = 'count(event * where (props.x != "y") within 3650d) >= 1000000'
 BOMB_BODY = (
-    "{% for a in fields.blob %}{% for b in fields.blob %}{{ a }}{{ b }}{% endfor %}{% endfor %}"
+    "{{ confirm_url }} {% for a in fields.blob %}{% for b in fields.blob %}{{ a }}{{ b }}"
+    "{% endfor %}{% endfor %}"
 )
 
 
@@ -92,9 +93,12 @@ def seed_attacker(url: str, key: IssuedKey, contacts: int, events_each: int) -> 
         )
 
 
+ABUSES = ("deploy", "where", "templates", "body")
+
+
 async def attacker(
-    base: str, key: IssuedKey, seconds: float
-) -> dict[str, collections.Counter[int]]:
+    base: str, key: IssuedKey, seconds: float, only: tuple[str, ...] = ABUSES
+) -> dict[str, collections.Counter[int | str]]:
     outcomes: dict[str, collections.Counter[int | str]] = collections.defaultdict(
         collections.Counter
     )
@@ -132,6 +136,8 @@ async def attacker(
                 headers=bearer(key),
             )
             outcomes["list with a heavy template"][answer.status_code] += 1
+            if answer.status_code != 201:
+                print(f"the bomb list was refused: {answer.text}")
             i = 0
             while time.monotonic() < deadline:
                 answer = await http.post(
@@ -153,7 +159,13 @@ async def attacker(
                 outcomes["1 GB body"][status] += 1
                 await asyncio.sleep(0.5)
 
-        await asyncio.gather(deploy(), slow_queries(), template_bombs(), oversized())
+        abuses = {
+            "deploy": deploy,
+            "where": slow_queries,
+            "templates": template_bombs,
+            "body": oversized,
+        }
+        await asyncio.gather(*(abuses[name]() for name in only))
     return outcomes
 
 
@@ -182,7 +194,7 @@ async def phases(base: str, victim_key: IssuedKey, attacker_key: IssuedKey, args
     print(f"quiet:   {summary(quiet)}")
     abused, outcomes = await asyncio.gather(
         victim(base, victim_key, args.victim_rate, args.seconds),
-        attacker(base, attacker_key, args.seconds),
+        attacker(base, attacker_key, args.seconds, tuple(args.only)),
     )
     print(f"abused:  {summary(abused)}")
     q99, a99 = percentile(quiet, 0.99), percentile(abused, 0.99)
@@ -197,6 +209,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--victim-rate", type=float, default=20.0)
     parser.add_argument("--quick", action="store_true", help="8 s phases, less attacker data")
+    parser.add_argument(
+        "--only", nargs="+", choices=ABUSES, default=list(ABUSES), help="these abuses alone"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds = 8.0

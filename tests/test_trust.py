@@ -623,3 +623,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def test_a_killed_server_leaves_no_worker_processes_behind(
+    migrated_url: str, key: IssuedKey
+) -> None:
+    served = start(migrated_url)
+    try:
+        # A rule set large enough to be compiled in the worker pool.
+        files = {"many.rules": "\n".join(f'segment s{i} {{ tag "t{i}" }}' for i in range(1500))}
+        answer = httpx.put(
+            f"{served.url}/v1/rules", json={"files": files}, headers=bearer(key), timeout=120
+        )
+        assert answer.status_code in (200, 202), answer.text
+        workers = _children(served.process.pid)
+        assert workers, "the compile pool should have started a worker"
+    finally:
+        served.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the killed server"
+        time.sleep(0.1)

@@ -22,10 +22,14 @@ is refused; the serving process only assembles the program, in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +52,7 @@ __all__ = [
     "compile_rules",
     "declared_fields",
     "definitions_of",
+    "shutdown_pool",
     "sql_in_process",
 ]
 
@@ -199,6 +204,24 @@ _lock = threading.Lock()
 _T = TypeVar("_T")
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: exit when the serving process is gone, even killed
+    by SIGKILL (an orphan would keep its inherited pipes and CPU, and a killed
+    ``nudgel serve`` would leave one per restart)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: Linux
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:  # elsewhere, and as a second guard
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _pool() -> ProcessPoolExecutor:
     global _executor
     with _lock:
@@ -206,8 +229,19 @@ def _pool() -> ProcessPoolExecutor:
             _executor = ProcessPoolExecutor(
                 max_workers=min(2, os.cpu_count() or 1),
                 mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
             )
         return _executor
+
+
+def shutdown_pool() -> None:
+    """Stop the compile workers (the app's lifespan calls it on the way out)."""
+    global _executor
+    with _lock:
+        executor, _executor = _executor, None
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 async def _run(large: bool, function: Callable[..., _T], *args: Any) -> _T:
