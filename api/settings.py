@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Pooled connections one workspace may hold at once (per server process):"
         " a busy tenant queues behind itself, not in front of the others.",
     )
+    workspace_max_scans: int = Field(
+        default=2,
+        ge=1,
+        description="where= filters one workspace may run at once (per server process); a"
+        " filter can take a database core, so the others wait their turn.",
+    )
     # Limits before work: checked before authentication and before parsing.
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest request body (JSON), in bytes: 413."

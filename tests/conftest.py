@@ -38,6 +38,7 @@ from workspaces import drop_workspace, new_key
 os.environ.setdefault("NUDGEL_RATE_LIMIT_PER_SECOND", "1000000")
 os.environ.setdefault("NUDGEL_RATE_LIMIT_BURST", "1000000")
 os.environ.setdefault("NUDGEL_WORKSPACE_MAX_CONNECTIONS", "1000")
+os.environ.setdefault("NUDGEL_WORKSPACE_MAX_SCANS", "1000")
 
 # Hypothesis profiles: `ci` (default) keeps the whole suite within minutes on two
 # cores; `HYPOTHESIS_PROFILE=long` runs thousands of examples per property.

@@ -5,6 +5,7 @@ that survive a killed server. Against the served app and a real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -655,3 +656,36 @@ def test_a_killed_server_leaves_no_worker_processes_behind(
     while any(_alive(p) for p in workers):
         assert time.monotonic() < deadline, "worker processes outlived the killed server"
         time.sleep(0.1)
+
+
+def test_where_scans_queue_per_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nudgel.api.contacts import query
+    from nudgel.api.problems import ProblemError
+
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    async def slow_scan(conn: Any, workspace_id: int, *args: Any) -> list[Any]:
+        ran.append(workspace_id)
+        await release.wait()
+        return []
+
+    monkeypatch.setattr(query, "_list_contacts", slow_scan)
+    monkeypatch.setattr(query, "_scans", {})
+    limit = query.ScanLimit(at_once=1, wait_seconds=0.2)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(query.list_contacts(None, 1, "tag 'x'", None, 10, limit))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ProblemError) as refused:
+            await query.list_contacts(None, 1, "tag 'x'", None, 10, limit)  # type: ignore[arg-type]
+        assert refused.value.status == 503 and "NUDGEL_WORKSPACE_MAX_SCANS" in str(
+            refused.value.detail
+        )
+        other = asyncio.create_task(query.list_contacts(None, 2, "tag 'x'", None, 10, limit))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert ran == [1, 2]  # another workspace is not held up
+        release.set()
+        await asyncio.gather(first, other)
+
+    asyncio.run(scenario())

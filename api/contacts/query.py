@@ -41,7 +41,7 @@ from nudgel.dsl.render import render_json
 from nudgel.dsl.span import Span
 from psycopg import AsyncConnection, errors
 
-__all__ = ["SEGMENT", "compile_where", "list_contacts"]
+__all__ = ["SEGMENT", "Deployed", "ScanLimit", "compile_where", "list_contacts"]
 
 SEGMENT = "request_filter"
 FILE = "where"
@@ -182,15 +182,60 @@ def _too_slow(where: str) -> ProblemError:
     )
 
 
+# where= scans running per workspace in this process (see ``ScanLimit``).
+_scans: dict[int, asyncio.Semaphore] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ScanLimit:
+    """How many ``where=`` scans one workspace may run at once (per process), and
+    how long one waits for its turn: a scan can take a CPU core of the
+    database, so one tenant's filters queue behind each other rather than
+    take every core from the others."""
+
+    at_once: int
+    wait_seconds: float
+
+
 async def list_contacts(
     conn: AsyncConnection,
     workspace_id: int,
     where: str | None,
     starting_after: str | None,
     limit: int,
+    scans: ScanLimit | None = None,
 ) -> list[ContactOut]:
     """Up to ``limit`` contacts after id ``starting_after``, in id order, for which
     ``where`` (a rules-language condition; 422 when it does not check) holds."""
+    if where is None or scans is None:
+        return await _list_contacts(conn, workspace_id, where, starting_after, limit)
+    turn = _scans.get(workspace_id)
+    if turn is None:
+        turn = _scans[workspace_id] = asyncio.Semaphore(scans.at_once)
+    try:
+        await asyncio.wait_for(turn.acquire(), scans.wait_seconds)
+    except TimeoutError:
+        raise ProblemError(
+            503,
+            "Service Unavailable",
+            f"This workspace has {scans.at_once} where= filter(s) running"
+            " (NUDGEL_WORKSPACE_MAX_SCANS); retry shortly.",
+            type_=problem_type("busy"),
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
+        return await _list_contacts(conn, workspace_id, where, starting_after, limit)
+    finally:
+        turn.release()
+
+
+async def _list_contacts(
+    conn: AsyncConnection,
+    workspace_id: int,
+    where: str | None,
+    starting_after: str | None,
+    limit: int,
+) -> list[ContactOut]:
     params: dict[str, Any] = {
         "list_ws": workspace_id,
         "list_after": starting_after,

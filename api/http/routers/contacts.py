@@ -106,10 +106,12 @@ WhereParam = Annotated[
     responses=problem_responses(422),
 )
 async def list_contacts(
-    auth: Auth, conn: Conn, page: PageParams, where: WhereParam = None
+    request: Request, auth: Auth, conn: Conn, page: PageParams, where: WhereParam = None
 ) -> ContactList:
+    settings = settings_of(request)
+    scans = query.ScanLimit(settings.workspace_max_scans, settings.pool_timeout)
     rows = await query.list_contacts(
-        conn, auth.workspace_id, where, page.starting_after, page.fetch
+        conn, auth.workspace_id, where, page.starting_after, page.fetch, scans
     )
     data, has_more, cursor = page_of(rows, page, lambda c: c.id)
     return ContactList(data=data, has_more=has_more, next_cursor=cursor)
