@@ -16,7 +16,7 @@ Excluded, with the reason:
 
 - ``negative_data_rejection``: expects a 4xx for every request that breaks
   the schema, but the service deliberately accepts some such requests (an
-  unknown header or query parameter is ignored, ``Idempotency-Key`` is
+  unknown header is ignored (an unknown query parameter is a 400), ``Idempotency-Key`` is
   optional so a broken one combined with an otherwise valid body is rare to
   tell apart), so it reports intended leniency, not bugs;
 - ``positive_data_acceptance``: expects a 2xx for every schema-valid request,

@@ -204,7 +204,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 _DESCRIPTIONS = {
-    400: "Malformed request (e.g. an invalid Idempotency-Key).",
+    400: "Malformed request: a query parameter the operation does not take (each named in"
+    " `errors`), or an invalid Idempotency-Key.",
     401: "Missing, malformed, unknown or revoked API key.",
     404: "The object does not exist in this workspace.",
     409: "Conflict: the object exists already, or a request with this Idempotency-Key is still in flight.",

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from nudgel.api.http.auth import authenticate, tenant_connection
 from nudgel.api.http.problems import problem_responses
+from nudgel.api.http.query_params import reject_unknown_query
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
@@ -20,7 +21,8 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
     """A router for ``/v1{prefix}``: every route authenticated, documenting 401 and 422.
 
     422 is listed on every route so that no route falls back to FastAPI's own
-    (non-problem) validation error schema; 403 (a restricted key), 413 (body
+    (non-problem) validation error schema; 400 (a query parameter the route
+    does not take, checked after the key), 403 (a restricted key), 413 (body
     cap), 429 (rate limit) and 503 (busy) can answer any route.
 
     Also returns the OpenAPI tag entry (name and description) for the app.
@@ -28,8 +30,8 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
     router = APIRouter(
         prefix=prefix,
         tags=[tag],
-        dependencies=[Depends(authenticate)],
-        responses=problem_responses(401, 403, 413, 422, 429, 503),
+        dependencies=[Depends(authenticate), Depends(reject_unknown_query)],
+        responses=problem_responses(400, 401, 403, 413, 422, 429, 503),
     )
     return router, {"name": tag, "description": description}
 
