@@ -91,8 +91,22 @@ class Settings(BaseSettings):
     workspace_max_scans: int = Field(
         default=2,
         ge=1,
-        description="where= filters one workspace may run at once (per server process); a"
-        " filter can take a database core, so the others wait their turn.",
+        description="Scans one workspace may run at once (per server process): contact lists"
+        " with where=, q=, sort= or include=total_count, and exports; a scan can take a"
+        " database core, so the others wait their turn.",
+    )
+    total_count_max: int = Field(
+        default=100_000,
+        ge=1,
+        description="`include=total_count` counts the matching contacts up to this many; past"
+        " it the list says `total_count_exact: false` (a bound on what one count costs).",
+    )
+    export_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Contacts an export reads from the database per fetch: its memory is about"
+        " one batch, whatever the number of contacts.",
     )
     # Limits before work: checked before authentication and before parsing.
     max_body_bytes: int = Field(

@@ -5,15 +5,24 @@ stay right across sorts) and include=total_count."""
 
 from __future__ import annotations
 
+import base64
 import re
+import string
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from nudgel.api.app import create_app
+from nudgel.api.contacts.search import search_condition
 from nudgel.api.keys.store import IssuedKey
+from nudgel.api.settings import Settings
 from test_api_contacts import contacts_client
 from test_api_foundation import assert_problem, bearer
+from test_api_realtime import deploy
 from workspaces import drop_workspace, new_key
 
 pytestmark = pytest.mark.postgres
@@ -84,7 +93,7 @@ def test_a_filter_the_list_does_not_have_is_a_400_naming_it(
     problem = assert_problem(response, 400)
     # What it takes, so the client can see that q= is the search it wanted.
     assert problem["detail"].startswith("This operation does not take `email` (it takes: ")
-    assert "`where`" in problem["detail"]
+    assert "`q`" in problem["detail"] and "`where`" in problem["detail"]
     # Declared parameters, those of dependencies (limit) included, are accepted.
     assert client.get("/v1/contacts?limit=5", headers=bearer(key)).status_code == 200
 
@@ -100,3 +109,274 @@ def test_every_v1_operation_documents_the_400(client: TestClient) -> None:
         if path.startswith("/v1/"):
             for method, operation in item.items():
                 assert "400" in operation["responses"], (method, path)
+
+
+# ---- GET /v1/contacts: q= ------------------------------------------------------------
+
+
+def ids_of(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [c["id"] for c in response.json()["data"]]
+
+
+def search(client: TestClient, key: IssuedKey, q: str, **params: str) -> set[str]:
+    response = client.get(
+        "/v1/contacts", params={"q": q, "limit": "100", **params}, headers=bearer(key)
+    )
+    return set(ids_of(response))
+
+
+def test_q_finds_a_prefix_or_any_part_of_name_email_or_phone(
+    client: TestClient, key: IssuedKey
+) -> None:
+    ada = upsert(client, key, email="ada@example.com", name="Ada Lovelace", phone="+254712345678")
+    grace = upsert(client, key, email="grace@navy.mil", name="Grace Hopper", tags=["vip"])
+    elodie = upsert(client, key, email="elodie@example.fr", name="Élodie Durand", tags=["vip"])
+    sale = upsert(client, key, external_id="x-1", name="100%_off Shop")
+    upsert(client, key, email="someone@else.org")
+    assert search(client, key, "ada") == {ada["id"]}  # a prefix of the name and the email
+    assert search(client, key, "LOVE") == {ada["id"]}  # any part, in any case
+    assert search(client, key, "hopper") == {grace["id"]}
+    assert search(client, key, "@example.") == {ada["id"], elodie["id"]}
+    assert search(client, key, "navy.mil") == {grace["id"]}
+    assert search(client, key, "2547123") == {ada["id"]}
+    # As people write phone numbers: without the separators it matches E.164.
+    assert search(client, key, "+254 712-345") == {ada["id"]}
+    assert search(client, key, "(0712) 345") == set()  # a national number is not E.164
+    # Case-insensitive beyond ASCII (the database's default collation folds É).
+    assert search(client, key, "ÉLODIE") == {elodie["id"]}
+    assert search(client, key, "élodie") == {elodie["id"]}
+    # LIKE's wildcards are the characters themselves.
+    assert search(client, key, "%_") == {sale["id"]}
+    assert search(client, key, "_") == {sale["id"]}
+    assert search(client, key, "a%e") == set()
+    # Blanks around the text are dropped; a name and an email never run together.
+    assert search(client, key, "  hopper ") == {grace["id"]}
+    assert search(client, key, "hoppergrace") == set()
+    assert search(client, key, "zzz") == set()
+    # Combined with where=.
+    assert search(client, key, "example", where='tag "vip"') == {elodie["id"]}
+
+
+@pytest.mark.parametrize(
+    "q", ["", "   ", "a\x01b", "tab\there", "x" * 201], ids=["empty", "blank", "ctl", "tab", "long"]
+)
+def test_q_must_be_some_printable_text(client: TestClient, key: IssuedKey, q: str) -> None:
+    response = client.get("/v1/contacts", params={"q": q}, headers=bearer(key))
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["location"] == "query"
+    assert problem["errors"][0]["pointer"] == "/q"
+
+
+def test_q_is_an_index_scan_where_pg_trgm_is_installed(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url) as conn:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'").fetchone() is None:
+            pytest.skip("this server has no pg_trgm (the embedded one): q= scans without it")
+        condition, params = search_condition("lovelace")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        # The search alone (no workspace, whose own indexes could serve):
+        # the plan shows whether the index's expression is the query's.
+        explained = conn.execute(
+            "EXPLAIN SELECT c.pk FROM contacts c WHERE true" + condition, params
+        ).fetchall()
+        plan = "\n".join(row[0] for row in explained)
+    assert "contacts_search_trgm_idx" in plan, plan
+
+
+# ---- GET /v1/contacts: sort= and its pages ----------------------------------------------
+
+SCORING = """
+score engagement {
+  +10 when tag "vip"
+  +5 when fields.plan = "pro"
+}
+"""
+NAMES = ["ada", "Ada", "ADA b", None, "bob", "Zoe", "zoe", "Émile", "emile", "carl", None, "Carl"]
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def make_people(client: TestClient, key: IssuedKey, count: int) -> list[dict[str, Any]]:
+    """``count`` contacts with shared and missing names, emails and phones,
+    some tagged and some on the pro plan (so their scores tie too)."""
+    people = []
+    for i in range(count):
+        body: dict[str, Any] = {"name": NAMES[i % len(NAMES)]}
+        if i % 5 == 4:
+            body["phone"] = f"+2547123450{i:02d}"  # no email
+        else:
+            body["email"] = f"p{(i * 7) % count:02d}@example.com"
+        if i % 3 == 0:
+            body["tags"] = ["vip"]
+        if i % 4 == 0:
+            body["fields"] = {"plan": "pro"}
+        people.append(upsert(client, key, **body))
+    return people
+
+
+def sort_key(contact: dict[str, Any], name: str) -> Any:
+    if name in ("created_at", "updated_at"):
+        return datetime.fromisoformat(contact[name])
+    if name == "name":
+        # lower(name) under the "C" collation: ASCII letters fold, É stays.
+        return None if contact["name"] is None else contact["name"].translate(_ASCII_LOWER)
+    if name == "email":
+        return contact["email"]
+    return Decimal(contact["scores"]["engagement"]["value"])
+
+
+def expected_order(contacts: list[dict[str, Any]], sort: str) -> list[str]:
+    descending, name = sort.startswith("-"), sort.lstrip("-").removeprefix("score.")
+    having = [c for c in contacts if sort_key(c, name) is not None]
+    lacking = [c for c in contacts if sort_key(c, name) is None]
+    having.sort(key=lambda c: (sort_key(c, name), c["id"]), reverse=descending)
+    lacking.sort(key=lambda c: c["id"], reverse=descending)
+    return [c["id"] for c in having + lacking]
+
+
+def walk(client: TestClient, key: IssuedKey, limit: int, **params: str) -> list[str]:
+    """Every page of the list, by next_cursor; the ids in the order served."""
+    seen: list[str] = []
+    cursor = None
+    for _ in range(100):
+        query = {**params, "limit": str(limit)}
+        if cursor is not None:
+            query["starting_after"] = cursor
+        response = client.get("/v1/contacts", params=query, headers=bearer(key))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["data"]) <= limit
+        seen += [c["id"] for c in body["data"]]
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            return seen
+        cursor = body["next_cursor"]
+        assert cursor.startswith("cur_") if "sort" in params else cursor == seen[-1]
+    raise AssertionError("the pages never ended")
+
+
+SORTS = [
+    f"{sign}{key}"
+    for key in ("created_at", "updated_at", "name", "email", "score.engagement")
+    for sign in ("", "-")
+]
+
+
+def test_every_sort_pages_through_every_contact_once_in_order(
+    client: TestClient, key: IssuedKey
+) -> None:
+    deploy(client, key, SCORING)
+    people = make_people(client, key, 26)
+    details = [client.get(f"/v1/contacts/{p['id']}", headers=bearer(key)).json() for p in people]
+    assert {d["scores"]["engagement"]["value"] for d in details} == {"0", "5", "10", "15"}
+    for sort in SORTS:
+        expected = expected_order(details, sort)
+        for limit in (1, 4, 7):
+            assert walk(client, key, limit, sort=sort) == expected, (sort, limit)
+        # One page that holds everything says so.
+        response = client.get(
+            "/v1/contacts", params={"sort": sort, "limit": "100"}, headers=bearer(key)
+        )
+        assert ids_of(response) == expected and response.json()["has_more"] is False
+    # The default order is by id, with plain ids as cursors.
+    assert walk(client, key, 5) == sorted(p["id"] for p in people)
+
+
+def test_sort_combines_with_where_and_q(client: TestClient, key: IssuedKey) -> None:
+    people = make_people(client, key, 20)
+    details = [client.get(f"/v1/contacts/{p['id']}", headers=bearer(key)).json() for p in people]
+    kept = [
+        d
+        for d in details
+        if any(t["name"] == "vip" for t in d["tags"]) and "example" in (d["email"] or "")
+    ]
+    assert 2 < len(kept) < len(details)
+    got = walk(client, key, 2, sort="-name", where='tag "vip"', q="EXAMPLE")
+    assert got == expected_order(kept, "-name")
+
+
+def test_a_page_after_a_change_neither_repeats_nor_skips_the_others(
+    client: TestClient, key: IssuedKey
+) -> None:
+    people = make_people(client, key, 9)
+    first = client.get("/v1/contacts", params={"sort": "name", "limit": "3"}, headers=bearer(key))
+    cursor = first.json()["next_cursor"]
+    # The contact the cursor points at goes; the keyset goes on from its key.
+    gone = ids_of(first)[-1]
+    assert client.delete(f"/v1/contacts/{gone}", headers=bearer(key)).status_code == 200
+    rest = client.get(
+        "/v1/contacts",
+        params={"sort": "name", "limit": "100", "starting_after": cursor},
+        headers=bearer(key),
+    )
+    remaining = [p for p in people if p["id"] != gone]
+    assert ids_of(first)[:2] + ids_of(rest) == expected_order(remaining, "name")
+
+
+def sorted_cursor(client: TestClient, key: IssuedKey, sort: str) -> str:
+    response = client.get("/v1/contacts", params={"sort": sort, "limit": "1"}, headers=bearer(key))
+    cursor: str = response.json()["next_cursor"]
+    return cursor
+
+
+def test_cursors_and_sorts_that_do_not_fit_are_422_naming_them(
+    client: TestClient, key: IssuedKey
+) -> None:
+    deploy(client, key, SCORING)
+    make_people(client, key, 3)
+    by_name = sorted_cursor(client, key, "name")
+    plain = ids_of(client.get("/v1/contacts?limit=1", headers=bearer(key)))[0]
+    forged = "cur_" + base64.urlsafe_b64encode(b'["name", 5, "con_x"]').decode().rstrip("=")
+    bad_time = "cur_" + base64.urlsafe_b64encode(b'["created_at", "yesterday", "con_x"]').decode()
+    cases = [
+        ({"sort": "email", "starting_after": by_name}, "/starting_after", "sort=name"),
+        ({"starting_after": by_name}, "/starting_after", "sort=name"),
+        ({"sort": "name", "starting_after": plain}, "/starting_after", "next_cursor"),
+        ({"sort": "name", "starting_after": "cur_%%%"}, "/starting_after", "not a cursor"),
+        ({"sort": "name", "starting_after": forged}, "/starting_after", "not a cursor"),
+        ({"sort": "created_at", "starting_after": bad_time}, "/starting_after", "not a cursor"),
+        ({"sort": "name", "starting_after": "cur_" + "A" * 5000}, "/starting_after", "longer"),
+        ({"sort": "score.missing"}, "/sort", "score.engagement"),
+        ({"sort": "phone"}, "/sort", ""),
+        ({"sort": "--name"}, "/sort", ""),
+        ({"include": "everything"}, "/include/0", ""),
+    ]
+    for params, pointer, words in cases:
+        response = client.get("/v1/contacts", params=params, headers=bearer(key))
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["location"] == "query", params
+        assert problem["errors"][0]["pointer"] == pointer, params
+        assert words in problem["detail"], (params, problem["detail"])
+
+
+def test_a_score_sort_needs_deployed_rules(client: TestClient, key: IssuedKey) -> None:
+    response = client.get("/v1/contacts?sort=score.engagement", headers=bearer(key))
+    problem = assert_problem(response, 422)
+    assert "none are deployed" in problem["detail"]
+
+
+# ---- GET /v1/contacts: include=total_count ------------------------------------------------
+
+
+def test_total_count_counts_what_matches(client: TestClient, key: IssuedKey) -> None:
+    make_people(client, key, 12)
+    body = client.get("/v1/contacts?limit=2", headers=bearer(key)).json()
+    assert body["total_count"] is None and body["total_count_exact"] is None
+    body = client.get("/v1/contacts?limit=2&include=total_count", headers=bearer(key)).json()
+    assert (body["total_count"], body["total_count_exact"]) == (12, True)
+    assert len(body["data"]) == 2
+    params = {"include": "total_count", "where": 'tag "vip"', "q": "example", "sort": "-name"}
+    body = client.get("/v1/contacts", params=params, headers=bearer(key)).json()
+    # i % 3 == 0 are tagged; i % 5 == 4 have no email: 0, 3, 6 (9 has a phone only).
+    assert (body["total_count"], body["total_count_exact"]) == (3, True)
+
+
+def test_total_count_stops_at_its_maximum(migrated_url: str, key: IssuedKey) -> None:
+    app = create_app(Settings(database_url=migrated_url, run_worker=False, total_count_max=5))
+    with TestClient(app) as capped:
+        make_people(capped, key, 8)
+        body = capped.get("/v1/contacts?include=total_count", headers=bearer(key)).json()
+        assert (body["total_count"], body["total_count_exact"]) == (5, False)
+        body = capped.get(
+            "/v1/contacts", params={"include": "total_count", "q": "ada"}, headers=bearer(key)
+        ).json()
+        assert (body["total_count"], body["total_count_exact"]) == (3, True)  # ada, Ada, ADA b

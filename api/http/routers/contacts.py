@@ -7,7 +7,7 @@ module is the HTTP surface.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query, Request
 from nudgel.api.contacts import edits, query
@@ -21,6 +21,8 @@ from nudgel.api.contacts.models import (
     TagsAdd,
     UpsertedContact,
 )
+from nudgel.api.contacts.search import Q_PATTERN
+from nudgel.api.contacts.sorting import SORT_PATTERN
 from nudgel.api.contacts.views import (
     detail_view,
     find_pk,
@@ -32,10 +34,20 @@ from nudgel.api.http.routers.common import Conn, resource_router, settings_of
 from nudgel.api.http.writes import PostWriter, Writer, replayable
 from nudgel.api.lists import subscriptions as subscribing
 from nudgel.api.problems import ProblemError
+from pydantic import Field
 
 
 class ContactList(ListResponse[ContactOut]):
-    pass
+    total_count: int | None = Field(
+        default=None,
+        description="With `include=total_count`: how many contacts match, counted up to"
+        " `NUDGEL_TOTAL_COUNT_MAX` (default 100,000); `null` otherwise.",
+    )
+    total_count_exact: bool | None = Field(
+        default=None,
+        description="With `include=total_count`: false when counting stopped at the maximum"
+        " (there are more than `total_count`).",
+    )
 
 
 router, OPENAPI_TAG = resource_router(
@@ -98,23 +110,76 @@ WhereParam = Annotated[
 ]
 
 
+QParam = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        pattern=Q_PATTERN,
+        description="Search: the contacts whose name, email or phone contains this text"
+        " (a prefix or any part), case-insensitively; e.g. `ada`, `@example.com`, `+254 712`.",
+    ),
+]
+SortParam = Annotated[
+    str | None,
+    Query(
+        max_length=110,
+        pattern=SORT_PATTERN,
+        description="Order by `created_at`, `updated_at`, `name`, `email` or `score.NAME` (a"
+        " deployed score), `-` first for descending, e.g. `-score.engagement`; ties by contact"
+        " id. Contacts without the value come last. Default: by id (creation order).",
+    ),
+]
+IncludeParam = Annotated[
+    list[Literal["total_count"]] | None,
+    Query(
+        description="`total_count`: also count the contacts that match (bounded: see"
+        " `total_count`)."
+    ),
+]
+
+
 @router.get(
     "",
     response_model=ContactList,
     summary="List contacts",
-    description="In id (creation) order; `where` keeps the contacts the condition holds for.",
+    description="In id (creation) order, or by `sort`; `where` keeps the contacts the condition"
+    " holds for, `q` those whose name, email or phone contains the text; both combine. Pages"
+    " by keyset: pass `next_cursor` as `starting_after` with the same `sort`, `where` and `q`.",
     responses=problem_responses(422),
 )
 async def list_contacts(
-    request: Request, auth: Auth, conn: Conn, page: PageParams, where: WhereParam = None
+    request: Request,
+    auth: Auth,
+    conn: Conn,
+    page: PageParams,
+    where: WhereParam = None,
+    q: QParam = None,
+    sort: SortParam = None,
+    include: IncludeParam = None,
 ) -> ContactList:
     settings = settings_of(request)
     scans = query.ScanLimit(settings.workspace_max_scans, settings.pool_timeout)
-    rows = await query.list_contacts(
-        conn, auth.workspace_id, where, page.starting_after, page.fetch, scans
+    listed = await query.list_contacts(
+        conn,
+        auth.workspace_id,
+        where,
+        page.starting_after,
+        page.fetch,
+        scans,
+        q=q,
+        sort=sort,
+        count_up_to=settings.total_count_max if include else None,
     )
-    data, has_more, cursor = page_of(rows, page, lambda c: c.id)
-    return ContactList(data=data, has_more=has_more, next_cursor=cursor)
+    rows = list(zip(listed.contacts, listed.cursors, strict=True))
+    data, has_more, cursor = page_of(rows, page, lambda row: row[1])
+    return ContactList(
+        data=[contact for contact, _ in data],
+        has_more=has_more,
+        next_cursor=cursor,
+        total_count=listed.total,
+        total_count_exact=listed.total_exact,
+    )
 
 
 @router.get(
