@@ -380,3 +380,82 @@ def test_total_count_stops_at_its_maximum(migrated_url: str, key: IssuedKey) -> 
             "/v1/contacts", params={"include": "total_count", "q": "ada"}, headers=bearer(key)
         ).json()
         assert (body["total_count"], body["total_count_exact"]) == (3, True)  # ada, Ada, ADA b
+
+
+# ---- GET /v1/segments/{name} --------------------------------------------------------------
+
+SEGMENTS = """\
+# Who we look after first.
+segment vip "Very important" {
+  tag "vip"
+    and email is set
+}
+
+segment pros { fields.plan = "pro" }
+"""
+START = "2026-03-01T00:00:00Z"
+
+
+def clock_to(client: TestClient, key: IssuedKey, instant: str) -> None:
+    response = client.post("/v1/test_clock/advance", json={"to": instant}, headers=bearer(key))
+    assert response.status_code == 200, response.text
+
+
+def segment(client: TestClient, key: IssuedKey, name: str) -> dict[str, Any]:
+    response = client.get(f"/v1/segments/{name}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_segment_shows_its_definition_size_and_flows(client: TestClient, key: IssuedKey) -> None:
+    frozen = client.put("/v1/test_clock", json={"frozen_time": START}, headers=bearer(key))
+    assert frozen.status_code == 200, frozen.text
+    deployed = deploy(client, key, SEGMENTS)
+    people = [upsert(client, key, email=f"v{i}@example.com", tags=["vip"]) for i in range(3)]
+    upsert(client, key, email="pro@example.com", fields={"plan": "pro"})
+    vip = segment(client, key, "vip")
+    assert vip["object"] == "segment"
+    assert (vip["name"], vip["title"], vip["size"]) == ("vip", "Very important", 3)
+    assert vip["definition"] == {
+        "source": 'segment vip "Very important" {\n  tag "vip"\n    and email is set\n}',
+        "file": "m.rules",
+        "line": 2,
+        "version": deployed["version"],
+    }
+    assert vip["entered"] == {"last_24h": 3, "last_7d": 3}
+    assert vip["exited"] == {"last_24h": 0, "last_7d": 0}
+    assert segment(client, key, "pros")["definition"]["source"] == (
+        'segment pros { fields.plan = "pro" }'
+    )
+    # Two days on, one leaves; a day later another leaves and comes back.
+    clock_to(client, key, "2026-03-03T00:00:00Z")
+    untag = client.delete(f"/v1/contacts/{people[0]['id']}/tags/vip", headers=bearer(key))
+    assert untag.status_code == 200, untag.text
+    vip = segment(client, key, "vip")
+    assert vip["size"] == 2
+    assert vip["entered"] == {"last_24h": 0, "last_7d": 3}
+    assert vip["exited"] == {"last_24h": 1, "last_7d": 1}
+    clock_to(client, key, "2026-03-04T00:00:00Z")
+    client.delete(f"/v1/contacts/{people[1]['id']}/tags/vip", headers=bearer(key))
+    upsert(client, key, email="v1@example.com", tags=["vip"])
+    vip = segment(client, key, "vip")
+    assert vip["size"] == 2
+    assert vip["entered"] == {"last_24h": 1, "last_7d": 4}
+    assert vip["exited"] == {"last_24h": 1, "last_7d": 2}
+    # A week after the first entries they leave the 7-day window.
+    clock_to(client, key, "2026-03-08T00:00:01Z")
+    vip = segment(client, key, "vip")
+    assert vip["entered"] == {"last_24h": 0, "last_7d": 1}
+    assert vip["exited"] == {"last_24h": 0, "last_7d": 2}
+
+
+def test_an_unknown_segment_is_404(
+    client: TestClient, key: IssuedKey, other_key: IssuedKey
+) -> None:
+    assert_problem(client.get("/v1/segments/vip", headers=bearer(key)), 404)  # nothing deployed
+    deploy(client, key, SEGMENTS)
+    assert_problem(client.get("/v1/segments/nope", headers=bearer(key)), 404)
+    # Another workspace's segment is unknown here.
+    assert_problem(client.get("/v1/segments/vip", headers=bearer(other_key)), 404)
+    assert_problem(client.get("/v1/segments/vip"), 401)

@@ -12,7 +12,7 @@ from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.routers.common import Conn, resource_router
 from nudgel.api.rules import segments
-from nudgel.api.rules.segments import Segment
+from nudgel.api.rules.segments import Segment, SegmentDetail
 
 router, OPENAPI_TAG = resource_router(
     "/segments",
@@ -36,6 +36,22 @@ async def list_segments(auth: Auth, conn: Conn, page: PageParams) -> SegmentList
     return SegmentList(data=data, has_more=has_more, next_cursor=cursor)
 
 
+NameParam = Annotated[str, Path(description="The segment's name.")]
+
+
+@router.get(
+    "/{name}",
+    response_model=SegmentDetail,
+    summary="Get a segment",
+    description="The segment's declaration as deployed (source text, file, line), its title"
+    " and size, and how many contacts entered and exited it over the last 24 hours and 7"
+    " days (from the rule history, at the workspace's test clock when it has one).",
+    responses=problem_responses(404),
+)
+async def get_segment(name: NameParam, auth: Auth, conn: Conn) -> SegmentDetail:
+    return await segments.segment_detail(conn, auth.workspace_id, name)
+
+
 @router.get(
     "/{name}/contacts",
     response_model=SegmentMembers,
@@ -44,7 +60,7 @@ async def list_segments(auth: Auth, conn: Conn, page: PageParams) -> SegmentList
     responses=problem_responses(404),
 )
 async def segment_contacts(
-    name: Annotated[str, Path(description="The segment's name.")],
+    name: NameParam,
     auth: Auth,
     conn: Conn,
     page: PageParams,
