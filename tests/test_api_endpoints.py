@@ -459,3 +459,83 @@ def test_an_unknown_segment_is_404(
     # Another workspace's segment is unknown here.
     assert_problem(client.get("/v1/segments/vip", headers=bearer(other_key)), 404)
     assert_problem(client.get("/v1/segments/vip"), 401)
+
+
+# ---- DELETE /v1/tags/{name} -------------------------------------------------------------
+
+
+def outbox_rows(url: str, workspace_id: int, after: int = 0) -> list[tuple[int, str, Any]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, event_type, payload->'data' FROM outbox WHERE workspace_id = %s"
+            " AND id > %s ORDER BY id",
+            (workspace_id, after),
+        ).fetchall()
+    return [(int(i), t, d) for i, t, d in rows]
+
+
+def test_deleting_a_tag_untags_every_contact_of_the_workspace(
+    client: TestClient, key: IssuedKey, other_key: IssuedKey, migrated_url: str
+) -> None:
+    deploy(client, key, 'segment vip { tag "vip" }\n')
+    carriers = [
+        upsert(client, key, email=f"c{i}@example.com", tags=["vip", "KE"]) for i in range(30)
+    ]
+    bystander = upsert(client, key, email="b@example.com", tags=["KE"])
+    elsewhere = upsert(client, other_key, email="c0@example.com", tags=["vip"])
+    assert segment(client, key, "vip")["size"] == 30
+    before = max(i for i, _, _ in outbox_rows(migrated_url, key.workspace_id))
+    response = client.delete("/v1/tags/vip", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"object": "tag", "name": "vip", "deleted": True, "untagged": 30}
+    assert_problem(client.get("/v1/tags/vip", headers=bearer(key)), 404)
+    for carrier in carriers:
+        now = client.get(f"/v1/contacts/{carrier['id']}", headers=bearer(key)).json()
+        assert [t["name"] for t in now["tags"]] == ["KE"]
+        assert datetime.fromisoformat(now["updated_at"]) > datetime.fromisoformat(
+            carrier["updated_at"]
+        )
+        assert now["segments"] == []
+    after = client.get(f"/v1/contacts/{bystander['id']}", headers=bearer(key)).json()
+    assert after["updated_at"] == bystander["updated_at"]
+    # The deployed rules still read the tag: legal, and now nobody is in the segment.
+    assert segment(client, key, "vip")["size"] == 0
+    events = outbox_rows(migrated_url, key.workspace_id, before)
+    untagged = [d for _, t, d in events if t == "contact.untagged"]
+    assert sorted(d["id"] for d in untagged) == sorted(c["id"] for c in carriers)
+    assert all(d["tags"] == ["vip"] for d in untagged)
+    assert sum(t == "segment.exited" for _, t, _ in events) == 30
+    assert [d for _, t, d in events if t == "tag.deleted"] == [response.json()]
+    # Another workspace's contacts and definition keep the same tag.
+    theirs = client.get(f"/v1/contacts/{elsewhere['id']}", headers=bearer(other_key)).json()
+    assert [t["name"] for t in theirs["tags"]] == ["vip"]
+    assert client.get("/v1/tags/vip", headers=bearer(other_key)).status_code == 200
+    assert_problem(client.delete("/v1/tags/vip", headers=bearer(key)), 404)  # gone
+
+
+def test_a_tag_without_a_definition_or_without_carriers_can_go(
+    client: TestClient, key: IssuedKey, migrated_url: str
+) -> None:
+    created = client.post("/v1/tags", json={"name": "empty tag"}, headers=bearer(key))
+    assert created.status_code == 201, created.text
+    response = client.delete("/v1/tags/empty%20tag", headers=bearer(key))
+    assert response.status_code == 200 and response.json()["untagged"] == 0
+    # Carried but never defined (rows from before definitions were kept).
+    contact = upsert(client, key, email="old@example.com")
+    with psycopg.connect(migrated_url) as conn:
+        conn.execute(
+            "INSERT INTO contact_tags (contact_pk, tag) SELECT pk, 'legacy/x' FROM contacts"
+            " WHERE id = %s",
+            (contact["id"],),
+        )
+    response = client.delete("/v1/tags/legacy/x", headers=bearer(key))
+    assert response.status_code == 200 and response.json()["untagged"] == 1
+
+
+def test_deleting_an_unknown_tag_is_404(
+    client: TestClient, key: IssuedKey, other_key: IssuedKey
+) -> None:
+    assert_problem(client.delete("/v1/tags/nope", headers=bearer(key)), 404)
+    upsert(client, other_key, email="x@example.com", tags=["theirs"])
+    assert_problem(client.delete("/v1/tags/theirs", headers=bearer(key)), 404)
+    assert_problem(client.delete("/v1/tags/theirs"), 401)

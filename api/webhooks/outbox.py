@@ -37,6 +37,7 @@ EVENT_TYPES = frozenset(
         "field.deleted",
         "tag.created",
         "tag.updated",
+        "tag.deleted",
         "segment.entered",
         "segment.exited",
         "score.changed",

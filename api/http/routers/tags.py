@@ -1,4 +1,4 @@
-"""``/v1/tags``: tag definitions (their colours).
+"""``/v1/tags``: tag definitions (their colours); deleting one untags every contact.
 
 Contacts carry tags as free text (``contact_tags``); a definition here gives a
 tag its colour and a creation time. Rules read tags as ``tag "NAME"``.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Path, status
 from nudgel.api.contacts import tags
-from nudgel.api.contacts.tags import TAGS, Tag, TagCreate, TagUpdate
+from nudgel.api.contacts.tags import TAGS, DeletedTag, Tag, TagCreate, TagUpdate
 from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
@@ -71,3 +71,20 @@ async def update_tag(name: NameParam, body: TagUpdate, writer: Writer) -> object
     async with writer.transaction() as tx:
         tag = await tags.update_tag(tx, name, body)
         return await tx.respond(200, tag)
+
+
+@router.delete(
+    "/{name:path}",
+    response_model=DeletedTag,
+    summary="Delete a tag",
+    description="Removes the definition and the tag from every contact of the workspace: each"
+    " such contact gets `contact.untagged` and is re-evaluated (segments that read the tag let"
+    " it go, with `segment.exited`), then `tag.deleted`. Deployed rules may still read"
+    ' `tag "NAME"`: a tag nobody carries is legal, so they do not block the deletion. 404 when'
+    " neither a definition nor a contact has the tag.",
+    responses=problem_responses(404),
+)
+async def delete_tag(name: NameParam, writer: Writer) -> object:
+    async with writer.transaction() as tx:
+        deleted = await tags.delete_tag(tx, name)
+        return await tx.respond(200, deleted)
