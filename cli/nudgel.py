@@ -28,6 +28,7 @@ from nudgel.api.keys.store import (
     workspace_id_of,
 )
 from nudgel.api.settings import Settings
+from nudgel.cli.export_command import export_command
 from nudgel.cli.import_command import import_command
 from nudgel.cli.rules_commands import rules
 from nudgel.cli.workspaces import workspace_options
@@ -234,6 +235,7 @@ def keys_revoke(key: str, workspace: str | None, test_mode: bool) -> None:
 
 cli.add_command(rules)
 cli.add_command(import_command)
+cli.add_command(export_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

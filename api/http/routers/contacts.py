@@ -7,11 +7,15 @@ module is the HTTP surface.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
 from nudgel.api.contacts import edits, query
+from nudgel.api.contacts import export as exporting
 from nudgel.api.contacts import upsert as upserting
+from nudgel.api.contacts.export import FORMATS, ExportFormat
 from nudgel.api.contacts.identity import IdentifierError, identifier_problem
 from nudgel.api.contacts.models import (
     ContactDetail,
@@ -179,6 +183,59 @@ async def list_contacts(
         next_cursor=cursor,
         total_count=listed.total,
         total_count_exact=listed.total_exact,
+    )
+
+
+FormatParam = Annotated[
+    ExportFormat,
+    Query(
+        description="`csv`: the columns the import reads (`POST /v1/imports` takes the file"
+        " back); `jsonl`: one contact per line, as `GET /v1/contacts` shows it."
+    ),
+]
+
+
+async def _export_turn(request: Request, auth: Auth) -> AsyncIterator[None]:
+    """An export is a scan of the workspace: it holds one of its scan turns until
+    the last byte is sent (FastAPI ends this dependency after the response)."""
+    settings = settings_of(request)
+    scans = query.ScanLimit(settings.workspace_max_scans, settings.pool_timeout)
+    async with query.scan_turn(auth.workspace_id, scans):
+        yield
+
+
+@router.get(
+    "/export",
+    summary="Export contacts",
+    description="Every contact of the workspace (those `where` holds for), in id order, as"
+    " CSV or JSON lines, streamed as it is read: one consistent snapshot, in constant memory"
+    " whatever the count. CSV cells that a spreadsheet would run as a formula (`=`, `+`, `-`,"
+    " `@`, tab, carriage return) start with a `'`; plain numbers and E.164 phones are left"
+    " as they are.",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The contacts (`Content-Disposition: attachment`).",
+            "content": {
+                FORMATS["csv"]: {"schema": {"type": "string"}},
+                FORMATS["jsonl"]: {"schema": {"type": "string"}},
+            },
+        },
+        **problem_responses(422),
+    },
+    dependencies=[Depends(_export_turn)],
+)
+async def export_contacts(
+    request: Request, auth: Auth, conn: Conn, where: WhereParam = None, format: FormatParam = "csv"
+) -> StreamingResponse:
+    settings = settings_of(request)
+    export = await exporting.open_export(
+        conn, auth.workspace_id, where, format, settings.export_batch_size
+    )
+    return StreamingResponse(
+        export.chunks,
+        media_type=export.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
     )
 
 
