@@ -9,7 +9,9 @@ subclass of :class:`ListResponse`::
 Lists are keyset-paginated on the object id (``WHERE id > starting_after
 ORDER BY id LIMIT limit + 1``): pages stay stable while objects are added or
 removed, the cursor of a deleted object still works, and every page is one
-index range scan. The extra row tells whether there is more.
+index range scan. The extra row tells whether there is more. A contact list
+in another order (``sort=``) pages on (its key, the id) with an opaque
+cursor (``nudgel.api.contacts.sorting``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def _page(
         str | None,
         Query(
             min_length=1,
-            description="An object id: return the objects after it (`next_cursor` of the previous page).",
+            description="The `next_cursor` of the previous page: return the objects after it"
+            " (an object id; an opaque `cur_...` cursor for a sorted contact list).",
         ),
     ] = None,
 ) -> Page:
