@@ -2,8 +2,9 @@
 
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
 server), applies pending migrations, opens the connection pool, and (unless
-``run_worker`` is off) starts the webhook delivery worker as a task that stops
-with the app; handlers find the pool and settings on ``app.state``. The
+``run_worker`` is off) starts the background work as tasks that stop with the
+app (webhook delivery, re-evaluation as time passes, the purge of expired
+idempotency records); handlers find the pool and settings on ``app.state``. The
 blocking steps (starting the embedded server, ``apply_migrations``) run in a
 worker thread so the event loop never waits on them.
 """
@@ -21,6 +22,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from nudgel.api.db.pool import make_pool, pool_of
+from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
 from nudgel.api.http.routers import (
     ROUTERS,
@@ -91,6 +93,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = asyncio.create_task(
             scheduler_loop(worker_pool, settings.schedule_interval, stop)
         )
+        # Idempotency records past their retention.
+        housekeeping = asyncio.create_task(housekeeping_loop(worker_pool, settings, stop))
     try:
         yield
     finally:
@@ -103,6 +107,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(worker[0], settings.webhook_timeout + 5)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scheduler, 30)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(housekeeping, 30)
             await worker[1].close()
         await pool.close()
 
