@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import secrets
 import socket
 import threading
@@ -568,3 +569,142 @@ def test_the_background_work_of_serve_purges(migrated_url: str) -> None:
                 time.sleep(0.05)
     finally:
         drop_workspace(migrated_url, issued.workspace_id)
+
+
+# ---- 3. never a 500 on input ---------------------------------------------------------
+
+NUL, SURROGATE = "\x00", "\ud800"
+CONTACT = {"email": "nul@example.com"}
+
+# (method, path, body, where the unstorable text is)
+UNSTORABLE: list[tuple[str, str, Any, tuple[str, str]]] = [
+    (
+        "POST",
+        "/v1/contacts",
+        {**CONTACT, "push_tokens": [f"tok{NUL}en"]},
+        ("body", "/push_tokens/0"),
+    ),
+    ("POST", "/v1/contacts", {**CONTACT, "push_tokens": [SURROGATE]}, ("body", "/push_tokens/0")),
+    ("POST", "/v1/contacts", {**CONTACT, "tags": ["ok", f"v{NUL}ip"]}, ("body", "/tags/1")),
+    ("POST", "/v1/contacts", {**CONTACT, "name": f"Ada{NUL}"}, ("body", "/name")),
+    ("POST", "/v1/contacts", {**CONTACT, "name": f"Ada{SURROGATE}"}, ("body", "/name")),
+    ("POST", "/v1/contacts", {**CONTACT, "fields": {"plan": f"p{NUL}"}}, ("body", "/fields/plan")),
+    ("POST", "/v1/contacts", {**CONTACT, "fields": {f"pl{NUL}an": "x"}}, ("body", "/fields")),
+    ("POST", "/v1/contacts", {"email": f"a{NUL}@example.com"}, ("body", "/email")),
+    ("POST", "/v1/contacts", {**CONTACT, "source": f"f{NUL}orm"}, ("body", "/source")),
+    (
+        "POST",
+        "/v1/contacts",
+        {**CONTACT, "subscriptions": {f"n{NUL}": "subscribed"}},
+        ("body", "/subscriptions"),
+    ),
+    (
+        "POST",
+        "/v1/events",
+        {**CONTACT, "name": "order.placed", "props": {"total": 1, "note": f"x{NUL}"}},
+        ("body", "/props/note"),
+    ),
+    (
+        "POST",
+        "/v1/events",
+        {**CONTACT, "name": "order.placed", "props": {f"k{SURROGATE}": 1}},
+        ("body", "/props"),
+    ),
+    (
+        "POST",
+        "/v1/events",
+        {**CONTACT, "name": "order.placed", "props": {"a": [{"b": [f"{NUL}"]}]}},
+        ("body", "/props/a/0/b/0"),
+    ),
+    ("POST", "/v1/events", {**CONTACT, "name": f"order{NUL}"}, ("body", "/name")),
+    (
+        "POST",
+        "/v1/events",
+        {**CONTACT, "name": "x", "traits": {"name": NUL}},
+        ("body", "/traits/name"),
+    ),
+    ("POST", "/v1/tags", {"name": f"t{NUL}"}, ("body", "/name")),
+    ("PATCH", "/v1/tags/vip", {"color": f"#{NUL}"}, ("body", "/color")),
+    ("POST", "/v1/fields", {"name": f"f{NUL}", "type": "text"}, ("body", "/name")),
+    ("POST", "/v1/lists", {"name": "news", "title": f"T{NUL}"}, ("body", "/title")),
+    ("POST", "/v1/lists", {"name": f"n{NUL}", "title": "T"}, ("body", "/name")),
+    ("PATCH", "/v1/lists/news", {"landing_page": f"{SURROGATE}"}, ("body", "/landing_page")),
+    (
+        "POST",
+        "/v1/webhooks",
+        {"url": f"https://example.com/{NUL}", "events": ["*"]},
+        ("body", "/url"),
+    ),
+    (
+        "POST",
+        "/v1/webhooks",
+        {"url": "https://example.com/", "events": [NUL]},
+        ("body", "/events/0"),
+    ),
+    (
+        "PUT",
+        "/v1/rules",
+        {"files": {"a.rules": f"segment a {{ {NUL} }}"}},
+        ("body", "/files/a.rules"),
+    ),
+    ("PUT", "/v1/rules", {"files": {f"a{NUL}.rules": "x"}}, ("body", "/files")),
+    ("GET", f"/v1/contacts?starting_after=con_{NUL}", None, ("query", "/starting_after")),
+    ("GET", f"/v1/segments/s{NUL}/contacts", None, ("path", "/name")),
+    ("GET", f"/v1/tags/a{NUL}b", None, ("path", "/name")),
+    ("DELETE", f"/v1/lists/n{NUL}", None, ("path", "/name")),
+    ("GET", f"/v1/webhooks?starting_after=wh_{NUL}", None, ("query", "/starting_after")),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "where"),
+    UNSTORABLE,
+    ids=[f"{m} {p} {w[1]}" for m, p, _, w in UNSTORABLE],
+)
+def test_unstorable_text_anywhere_is_a_422(
+    client: TestClient,
+    key: IssuedKey,
+    migrated_url: str,
+    method: str,
+    path: str,
+    body: Any,
+    where: tuple[str, str],
+) -> None:
+    # Sent as escapes ("\u0000", "\ud800"): how JSON carries them.
+    content = None if body is None else json.dumps(body).encode()
+    headers = bearer(key, **{"Content-Type": "application/json"})
+    response = client.request(method, path.replace(NUL, "%00"), content=content, headers=headers)
+    problem = assert_problem(response, 422)
+    assert {"location": where[0], "pointer": where[1], "code": "unstorable_characters"} in [
+        {k: e[k] for k in ("location", "pointer", "code")} for e in problem["errors"]
+    ], problem
+    with psycopg.connect(migrated_url) as conn:
+        stored = conn.execute(
+            "SELECT (SELECT count(*) FROM contacts WHERE workspace_id = %(ws)s)"
+            " + (SELECT count(*) FROM outbox WHERE workspace_id = %(ws)s)",
+            {"ws": key.workspace_id},
+        ).fetchone()
+    assert stored == (0,)
+
+
+def test_an_unstorable_idempotency_key_is_a_422(client: TestClient, key: IssuedKey) -> None:
+    response = client.post(
+        "/v1/tags", json={"name": "vip"}, headers=bearer(key, **{"Idempotency-Key": f"k{NUL}"})
+    )
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["location"] == "header"
+
+
+def test_valid_surrogate_pairs_and_other_control_text_are_stored(
+    client: TestClient, key: IssuedKey
+) -> None:
+    # An emoji arrives as a surrogate pair escape: one character, stored as is.
+    body = {**CONTACT, "name": "Ada \ud83d\ude00", "push_tokens": ["tab\there"]}
+    response = client.post(
+        "/v1/contacts",
+        content=json.dumps(body).encode(),
+        headers=bearer(key, **{"Content-Type": "application/json"}),
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "Ada \U0001f600"
+    assert response.json()["push_tokens"] == ["tab\there"]
