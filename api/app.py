@@ -3,12 +3,12 @@
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
 server), applies pending migrations, opens the connection pool, starts the
 processes that render list templates (``nudgel.api.lists.rendering``), and
-(unless ``run_worker`` is off) starts the webhook delivery worker, the
-scheduler and the resumption of jobs whose process died, as tasks that stop
-with the app; handlers find the pool, the renderer, the settings and the job
-host on ``app.state``. Jobs still running when the app stops are cancelled
-after their last committed batch, and their leases released for another
-process. The
+(unless ``run_worker`` is off) starts the background work as tasks that stop
+with the app (webhook delivery, re-evaluation as time passes, the resumption
+of jobs whose process died, the purge of expired idempotency records);
+handlers find the pool, the renderer, the settings and the job host on
+``app.state``. Jobs still running when the app stops are cancelled after
+their last committed batch, and their leases released for another process. The
 blocking steps (starting the embedded server, ``apply_migrations``) run in a
 worker thread so the event loop never waits on them.
 """
@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from nudgel.api.db.pool import make_pool, pool_of
+from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
 from nudgel.api.http.routers import (
@@ -116,6 +117,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = asyncio.create_task(
             scheduler_loop(worker_pool, settings.schedule_interval, stop)
         )
+        # Idempotency records past their retention.
+        housekeeping = asyncio.create_task(housekeeping_loop(worker_pool, settings, stop))
     try:
         yield
     finally:
@@ -135,6 +138,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(worker[0], settings.webhook_timeout + 5)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scheduler, 30)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(housekeeping, 30)
             await worker[1].close()
         await renderer.close()
         await asyncio.to_thread(compiling.shutdown_pool)

@@ -354,6 +354,14 @@ def test_keys_are_private_to_their_workspace_and_validated(
             )
             assert again.headers["idempotent-replayed"] == "true"
             assert again.json()["id"] == first.json()["id"]
+            # The secret is never stored, not even for replays.
+            assert first.json()["secret"] and again.json()["secret"] is None
+            with psycopg.connect(migrated_url) as conn:
+                stored = conn.execute(
+                    "SELECT response_body::text FROM idempotency_keys WHERE workspace_id = %s",
+                    (key.workspace_id,),
+                ).fetchall()
+            assert all(first.json()["secret"] not in row[0] for row in stored)
             assert client.get("/v1/tags", headers=bearer(other)).status_code == 200
     finally:
         drop_workspace(migrated_url, other.workspace_id)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from nudgel.api.problems import PROBLEM_JSON, FieldError, ProblemError, problem_type
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 __all__ = ["install_problem_handlers", "problem_response", "problem_responses", "validation_errors"]
 
@@ -102,6 +103,18 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
             f"body: {reason}",
             type_=problem_type("validation"),
             errors=[FieldError(location="body", pointer="", detail=reason, code="json_invalid")],
+        )
+    if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
+        # Starlette answers a multipart body it cannot parse with a bare 400
+        # (found by schemathesis on POST /v1/imports): an invalid body, 422.
+        reason = f"The body is not valid multipart/form-data: {exc.__context__.message}"
+        return problem_response(
+            request,
+            422,
+            "Invalid request",
+            f"body: {reason}",
+            type_=problem_type("validation"),
+            errors=[FieldError(location="body", pointer="", detail=reason, code="form_invalid")],
         )
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None

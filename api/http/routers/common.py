@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from nudgel.api.http.auth import authenticate, tenant_connection
 from nudgel.api.http.problems import problem_responses
+from nudgel.api.http.storable_text import refuse_unstorable_text
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
@@ -28,7 +29,8 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
     router = APIRouter(
         prefix=prefix,
         tags=[tag],
-        dependencies=[Depends(authenticate)],
+        # After the key: text PostgreSQL cannot store is a 422 on every route.
+        dependencies=[Depends(authenticate), Depends(refuse_unstorable_text)],
         responses=problem_responses(401, 403, 413, 422, 429, 503),
     )
     return router, {"name": tag, "description": description}

@@ -79,7 +79,11 @@ class Key(BaseModel):
 
 
 class KeyCreated(Key):
-    secret: str = Field(description="The key itself: shown this once, never again.")
+    secret: str | None = Field(
+        description="The key itself: shown this once, never again. null on an idempotent"
+        " replay: the secret is never stored, so a retried creation whose first answer was"
+        " lost should revoke that key and create another."
+    )
 
 
 class KeyList(ListResponse[Key]):
@@ -160,8 +164,8 @@ async def create_key(body: KeyCreate, auth: Auth, writer: PostWriter) -> object:
             errors=[FieldError(location="body", pointer="/expires_at", detail=detail, code="past")],
         )
     async with writer.transaction() as tx:
-        if tx.replay is not None:
-            return tx.replay
+        if tx.stored is not None:
+            return tx.stored.to_response({"secret": None})
         issued = await store.create_key_async(
             tx.conn,
             tx.workspace_id,
@@ -170,7 +174,7 @@ async def create_key(body: KeyCreate, auth: Auth, writer: PostWriter) -> object:
             scopes=body.scopes,
             expires_at=body.expires_at,
         )
-        return await tx.respond(201, _created(issued))
+        return await tx.respond(201, _created(issued), withhold={"secret"})
 
 
 @router.post(
@@ -186,14 +190,14 @@ async def rotate_key(key_id: KeyIdParam, body: KeyRotate, writer: PostWriter) ->
     number = _key_number(key_id, "/key_id")
     assert number is not None
     async with writer.transaction() as tx:
-        if tx.replay is not None:
-            return tx.replay
+        if tx.stored is not None:
+            return tx.stored.to_response({"secret": None})
         issued = await store.rotate_key(
             tx.conn, tx.workspace_id, number, timedelta(hours=body.overlap_hours)
         )
         if issued is None:
             raise ProblemError.not_found(f"Active key {key_id!r}")
-        return await tx.respond(201, _created(issued))
+        return await tx.respond(201, _created(issued), withhold={"secret"})
 
 
 @router.delete(
