@@ -136,7 +136,13 @@ def _key_number(text: str | None, pointer: str, location: str = "path") -> int |
     return int(match.group(1))
 
 
-@router.get("", response_model=KeyList, summary="List keys", responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=KeyList,
+    summary="List keys",
+    description="This workspace's keys of the calling key's mode, revoked and expired ones included: prefix, name, scopes, created, last used (to the minute), expiry, revocation. Never the secret. Full keys only.",
+    responses=problem_responses(422),
+)
 async def list_keys(auth: Auth, conn: Conn, page: PageParams) -> KeyList:
     after = _key_number(page.starting_after, "/starting_after", "query")
     rows = [_key(k) for k in await store.list_keys(conn, auth.workspace_id, after, page.fetch)]

@@ -188,7 +188,11 @@ async def create_webhook(body: WebhookCreate, writer: PostWriter, request: Reque
 
 
 @router.get(
-    "", response_model=WebhookList, summary="List webhooks", responses=problem_responses(422)
+    "",
+    response_model=WebhookList,
+    summary="List webhooks",
+    description="The workspace's webhook endpoints (without their secrets), in id order.",
+    responses=problem_responses(422),
 )
 async def list_webhooks(auth: Auth, conn: Conn, page: PageParams) -> WebhookList:
     cur = conn.cursor(row_factory=dict_row)
