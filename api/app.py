@@ -30,25 +30,7 @@ from nudgel.api.db.pool import make_pool, pool_of
 from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
-from nudgel.api.http.routers import (
-    ROUTERS,
-    contacts,
-    dev_inbox,
-    events,
-    fields,
-    history,
-    imports,
-    jobs,
-    keys,
-    lists,
-    pages,
-    rules,
-    segments,
-    subscriptions,
-    tags,
-    test_clock,
-    webhooks,
-)
+from nudgel.api.http.routers import OPENAPI_TAGS, ROUTERS, pages
 from nudgel.api.jobs.resume import resume_loop
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.lists.rendering import TemplateRenderer
@@ -211,21 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     openapi_tags = [
-        contacts.OPENAPI_TAG,
-        events.OPENAPI_TAG,
-        fields.OPENAPI_TAG,
-        tags.OPENAPI_TAG,
-        webhooks.OPENAPI_TAG,
-        rules.OPENAPI_TAG,
-        segments.OPENAPI_TAG,
-        history.OPENAPI_TAG,
-        jobs.OPENAPI_TAG,
-        imports.OPENAPI_TAG,
-        test_clock.OPENAPI_TAG,
-        lists.OPENAPI_TAG,
-        subscriptions.OPENAPI_TAG,
-        keys.OPENAPI_TAG,
-        dev_inbox.OPENAPI_TAG,
+        *OPENAPI_TAGS,
         {"name": "Service", "description": "Operational endpoints."},
     ]
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]

@@ -143,33 +143,31 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _invalid_body(request: Request, reason: str, code: str) -> JSONResponse:
+    return problem_response(
+        request,
+        422,
+        "Invalid request",
+        f"body: {reason}",
+        type_=problem_type("validation"),
+        errors=[FieldError(location="body", pointer="", detail=reason, code=code)],
+    )
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
         # FastAPI answers a JSON body it cannot decode (not UTF-8, nested too
         # deep) with a bare 400, but malformed JSON with a 422: both are a
         # body that is not JSON, so both are the documented 422 problem.
-        reason = f"The body is not valid JSON: {exc.__cause__}"
-        return problem_response(
-            request,
-            422,
-            "Invalid request",
-            f"body: {reason}",
-            type_=problem_type("validation"),
-            errors=[FieldError(location="body", pointer="", detail=reason, code="json_invalid")],
+        return _invalid_body(
+            request, f"The body is not valid JSON: {exc.__cause__}", "json_invalid"
         )
     if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
         # Starlette answers a multipart body it cannot parse with a bare 400
         # (found by schemathesis on POST /v1/imports): an invalid body, 422.
         reason = f"The body is not valid multipart/form-data: {exc.__context__.message}"
-        return problem_response(
-            request,
-            422,
-            "Invalid request",
-            f"body: {reason}",
-            type_=problem_type("validation"),
-            errors=[FieldError(location="body", pointer="", detail=reason, code="form_invalid")],
-        )
+        return _invalid_body(request, reason, "form_invalid")
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
     return problem_response(
