@@ -697,3 +697,9 @@ def test_where_scans_queue_per_workspace(monkeypatch: pytest.MonkeyPatch) -> Non
         await asyncio.gather(first, other)
 
     asyncio.run(scenario())
+
+
+def test_an_unlimited_rate_is_no_division_by_zero(migrated_url: str, key: IssuedKey) -> None:
+    with _client(migrated_url, rate_limit_per_second=1e12, rate_limit_burst=10**9) as client:
+        answers = [client.get("/v1/tags", headers=bearer(key)).status_code for _ in range(3)]
+    assert answers == [200, 200, 200]
