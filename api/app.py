@@ -31,6 +31,7 @@ from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
 from nudgel.api.http.routers import OPENAPI_TAGS, ROUTERS, pages
+from nudgel.api.http.webhook_payloads import document_webhooks
 from nudgel.api.jobs.resume import resume_loop
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.lists.rendering import TemplateRenderer
@@ -140,6 +141,7 @@ def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]
             version=app.version,
             description=app.description,
             routes=app.routes,
+            webhooks=app.webhooks.routes,
             tags=openapi_tags,
         )
         # Error responses reference Problem by name (problem+json is not the
@@ -195,6 +197,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi_tags = [
         *OPENAPI_TAGS,
         {"name": "Service", "description": "Operational endpoints."},
+        {
+            "name": "Webhook events",
+            "description": "What the service POSTs to your endpoints, per event type.",
+        },
     ]
+    document_webhooks(app)
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]
     return app
