@@ -150,6 +150,14 @@ def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]
         problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(problem.pop("$defs", {}))
         components["Problem"] = problem
+        # A webhook is answered by the receiver: any 2xx settles it. FastAPI's
+        # own 422 (and its schemas) describe nothing there.
+        for item in schema.get("webhooks", {}).values():
+            item["post"]["responses"] = {
+                "2XX": {"description": "Accepted; anything else is retried with backoff."}
+            }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
         app.openapi_schema = schema
     return app.openapi_schema
 
