@@ -3,12 +3,12 @@
 The lifespan resolves the database (``DATABASE_URL``, else the embedded
 server), applies pending migrations, opens the connection pool, starts the
 processes that render list templates (``nudgel.api.lists.rendering``), and
-(unless ``run_worker`` is off) starts the webhook delivery worker, the
-scheduler and the resumption of jobs whose process died, as tasks that stop
-with the app; handlers find the pool, the renderer, the settings and the job
-host on ``app.state``. Jobs still running when the app stops are cancelled
-after their last committed batch, and their leases released for another
-process. The
+(unless ``run_worker`` is off) starts the background work as tasks that stop
+with the app (webhook delivery, re-evaluation as time passes, the resumption
+of jobs whose process died, the purge of expired idempotency records);
+handlers find the pool, the renderer, the settings and the job host on
+``app.state``. Jobs still running when the app stops are cancelled after
+their last committed batch, and their leases released for another process. The
 blocking steps (starting the embedded server, ``apply_migrations``) run in a
 worker thread so the event loop never waits on them.
 """
@@ -27,27 +27,11 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from nudgel.api.db.pool import make_pool, pool_of
+from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.http.limits import LimitsMiddleware
 from nudgel.api.http.problems import install_problem_handlers, problem_responses
-from nudgel.api.http.routers import (
-    ROUTERS,
-    contacts,
-    dev_inbox,
-    events,
-    fields,
-    history,
-    imports,
-    jobs,
-    keys,
-    lists,
-    pages,
-    rules,
-    segments,
-    subscriptions,
-    tags,
-    test_clock,
-    webhooks,
-)
+from nudgel.api.http.routers import OPENAPI_TAGS, ROUTERS, pages
+from nudgel.api.http.webhook_payloads import document_webhooks
 from nudgel.api.jobs.resume import resume_loop
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.lists.rendering import TemplateRenderer
@@ -116,6 +100,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = asyncio.create_task(
             scheduler_loop(worker_pool, settings.schedule_interval, stop)
         )
+        # Idempotency records past their retention.
+        housekeeping = asyncio.create_task(housekeeping_loop(worker_pool, settings, stop))
     try:
         yield
     finally:
@@ -135,6 +121,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await asyncio.wait_for(worker[0], settings.webhook_timeout + 5)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scheduler, 30)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(housekeeping, 30)
             await worker[1].close()
         await renderer.close()
         await asyncio.to_thread(compiling.shutdown_pool)
@@ -153,6 +141,7 @@ def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]
             version=app.version,
             description=app.description,
             routes=app.routes,
+            webhooks=app.webhooks.routes,
             tags=openapi_tags,
         )
         # Error responses reference Problem by name (problem+json is not the
@@ -161,6 +150,14 @@ def _openapi(app: FastAPI, openapi_tags: list[dict[str, Any]]) -> dict[str, Any]
         problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(problem.pop("$defs", {}))
         components["Problem"] = problem
+        # A webhook is answered by the receiver: any 2xx settles it. FastAPI's
+        # own 422 (and its schemas) describe nothing there.
+        for item in schema.get("webhooks", {}).values():
+            item["post"]["responses"] = {
+                "2XX": {"description": "Accepted; anything else is retried with backoff."}
+            }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -206,22 +203,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     openapi_tags = [
-        contacts.OPENAPI_TAG,
-        events.OPENAPI_TAG,
-        fields.OPENAPI_TAG,
-        tags.OPENAPI_TAG,
-        webhooks.OPENAPI_TAG,
-        rules.OPENAPI_TAG,
-        segments.OPENAPI_TAG,
-        history.OPENAPI_TAG,
-        jobs.OPENAPI_TAG,
-        imports.OPENAPI_TAG,
-        test_clock.OPENAPI_TAG,
-        lists.OPENAPI_TAG,
-        subscriptions.OPENAPI_TAG,
-        keys.OPENAPI_TAG,
-        dev_inbox.OPENAPI_TAG,
+        *OPENAPI_TAGS,
         {"name": "Service", "description": "Operational endpoints."},
+        {
+            "name": "Webhook events",
+            "description": "What the service POSTs to your endpoints, per event type.",
+        },
     ]
+    document_webhooks(app)
     app.openapi = lambda: _openapi(app, openapi_tags)  # type: ignore[method-assign]
     return app

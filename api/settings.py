@@ -154,8 +154,35 @@ class Settings(BaseSettings):
     webhook_poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds the worker waits when there is nothing to send."
     )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhook URLs reach loopback, private, link-local and other"
+        " non-public addresses (local development only: otherwise anyone with a key could"
+        " make the service probe its own network). Cloud metadata addresses stay refused.",
+    )
+    webhook_resolve_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to resolve a webhook's host name when it is created (a host"
+        " that does not resolve in time is checked again at each delivery).",
+    )
 
-    idempotency_retention_hours: int = Field(default=24, ge=1)
+    idempotency_retention_hours: int = Field(
+        default=24,
+        ge=1,
+        description="Hours an Idempotency-Key's record (and its replayable response) is kept.",
+    )
+    idempotency_purge_interval: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds between purges of idempotency records past their retention.",
+    )
+    idempotency_purge_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Records deleted per statement (and so per short transaction) by a purge.",
+    )
     import_max_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="The largest CSV `POST /v1/imports` takes."
     )

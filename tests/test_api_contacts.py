@@ -36,8 +36,13 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
 
 
 def contacts_client(url: str) -> Iterator[TestClient]:
-    """The app as the contact and event tests run it (one blocked email)."""
-    app = create_app(Settings(database_url=url, blocked_identifiers=["test@example.com"]))
+    """The app as the contact and event tests run it (one blocked email; webhooks may
+    reach the test receivers on 127.0.0.1, also for the worker it runs)."""
+    app = create_app(
+        Settings(
+            database_url=url, blocked_identifiers=["test@example.com"], webhook_allow_private=True
+        )
+    )
     with TestClient(app) as client:
         yield client
 

@@ -245,7 +245,7 @@ def test_a_cursor_not_on_the_timeline_is_422(
         ({"email": "a@example.com", "name": "x", "at": "9999-12-31T23:30:00-03:00"}, "/at"),
         ({"email": "a@example.com", "name": "x", "props": [1, 2]}, "/props"),
         ({"email": "a@example.com", "name": "x", "props": "text"}, "/props"),
-        ({"email": "a@example.com", "name": "x", "props": {"a": "\x00"}}, "/props"),
+        ({"email": "a@example.com", "name": "x", "props": {"a": "\x00"}}, "/props/a"),
         ({"email": "a@example.com", "name": "x", "source": ""}, "/source"),
         ({"email": "a@example.com", "name": "x", "colour": "red"}, "/colour"),
         ({"name": "x"}, ""),

@@ -537,6 +537,7 @@ def test_openapi_document_is_valid_and_complete(client: TestClient) -> None:
     }
     for path, method, op in operations:
         assert op.get("summary"), (method, path)
+        assert op.get("description"), (method, path)
         if not path.startswith("/v1/"):
             continue
         assert op["security"] == [{"bearerAuth": []}]

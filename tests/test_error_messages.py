@@ -91,3 +91,71 @@ def test_a_where_that_ends_early_names_no_brace_the_user_never_typed(
     assert "}" not in problem["detail"]
     assert problem["detail"] == "where: 1:14: the condition ends too early, expected a condition"
     assert problem["diagnostics"][0]["help"] == "a condition must follow `and`, `or` and `not`"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("content", "headers", "pointer", "detail"),
+    [
+        (
+            b'{"email": "a@b.co",, }',
+            {"Content-Type": "application/json"},
+            "",
+            "the body is not valid JSON: Expecting property name enclosed in double quotes"
+            " at line 1, column 20",
+        ),
+        (
+            b'{"email": "a@b.co"}',
+            {},
+            "",
+            "send the body as a JSON object, with the header `Content-Type: application/json`",
+        ),
+        (
+            b"[1]",
+            {"Content-Type": "application/json"},
+            "",
+            "the body must be a JSON object, not an array",
+        ),
+        (
+            b'{"email": "a@b.co", "tags": [" x"]}',
+            {"Content-Type": "application/json"},
+            "/tags/0",
+            "must be printable text, without control characters or spaces at either end",
+        ),
+    ],
+)
+def test_body_errors_say_what_to_send(
+    client: TestClient,
+    key: IssuedKey,
+    content: bytes,
+    headers: dict[str, str],
+    pointer: str,
+    detail: str,
+) -> None:
+    problem = assert_problem(
+        client.post("/v1/contacts", content=content, headers=bearer(key, **headers)), 422
+    )
+    assert problem["errors"][0]["pointer"] == pointer
+    assert problem["errors"][0]["detail"] == detail
+    assert "Value error" not in problem["detail"] and "^" not in problem["detail"]
+
+
+@pytest.mark.postgres
+def test_our_validators_messages_have_no_pydantic_prefix(
+    client: TestClient, key: IssuedKey
+) -> None:
+    problem = assert_problem(
+        client.post(
+            "/v1/events",
+            json={"email": "a@b.co", "name": "x", "at": "yesterday"},
+            headers=bearer(key),
+        ),
+        422,
+    )
+    assert problem["detail"] == (
+        "body/at: must be an RFC 3339 date-time with an offset, e.g. 2026-01-02T15:04:05+03:00"
+    )
+    problem = assert_problem(
+        client.post("/v1/lists", json={"name": "bad name!", "title": "t"}, headers=bearer(key)), 422
+    )
+    assert "letter or digit" in problem["detail"] and "[A-Za-z" not in problem["detail"]

@@ -354,6 +354,14 @@ def test_keys_are_private_to_their_workspace_and_validated(
             )
             assert again.headers["idempotent-replayed"] == "true"
             assert again.json()["id"] == first.json()["id"]
+            # The secret is never stored, not even for replays.
+            assert first.json()["secret"] and again.json()["secret"] is None
+            with psycopg.connect(migrated_url) as conn:
+                stored = conn.execute(
+                    "SELECT response_body::text FROM idempotency_keys WHERE workspace_id = %s",
+                    (key.workspace_id,),
+                ).fetchall()
+            assert all(first.json()["secret"] not in row[0] for row in stored)
             assert client.get("/v1/tags", headers=bearer(other)).status_code == 200
     finally:
         drop_workspace(migrated_url, other.workspace_id)
@@ -689,3 +697,9 @@ def test_where_scans_queue_per_workspace(monkeypatch: pytest.MonkeyPatch) -> Non
         await asyncio.gather(first, other)
 
     asyncio.run(scenario())
+
+
+def test_an_unlimited_rate_is_no_division_by_zero(migrated_url: str, key: IssuedKey) -> None:
+    with _client(migrated_url, rate_limit_per_second=1e12, rate_limit_burst=10**9) as client:
+        answers = [client.get("/v1/tags", headers=bearer(key)).status_code for _ in range(3)]
+    assert answers == [200, 200, 200]

@@ -450,8 +450,9 @@ def test_an_import_killed_mid_way_finishes_after_a_restart_exactly_once(
     assert view["attempts"] == 2 and view["lease_expires_at"] is None
 
 
-def test_a_backfill_killed_mid_way_is_finished_by_a_worker(
-    migrated_url: str, workspace: IssuedKey, servers: Callable[..., Served]
+@pytest.mark.parametrize("resumer", ["serve", "worker"])
+def test_a_backfill_killed_mid_way_is_finished_after_a_restart(
+    migrated_url: str, workspace: IssuedKey, servers: Callable[..., Served], resumer: str
 ) -> None:
     rows = 4000
     tags = lambda i: "vip" if i % 2 else ""  # noqa: E731
@@ -469,9 +470,10 @@ def test_a_backfill_killed_mid_way_is_finished_by_a_worker(
     assert killed["status"] == "running" and 400 <= killed["done"] < rows, killed
     assert drift(migrated_url, workspace.workspace_id) != []  # half filled
 
-    worker = servers("worker", backfill_batch_size=20, **FAST)
+    # No client action: the restarted server (or a worker) resumes the job.
+    again = servers(resumer, backfill_batch_size=20, **FAST)
     job = wait_job(migrated_url, job_id)
-    assert job["status"] == "succeeded", (job, worker.output()[-3000:])
+    assert job["status"] == "succeeded", (job, again.output()[-3000:])
     assert job["attempts"] == 2
     assert job["done"] == job["total"] == job["result"]["contacts"] == rows
     assert drift(migrated_url, workspace.workspace_id) == []

@@ -25,12 +25,22 @@ past the lock (a hash collision between keys only yields a spurious 409).
 
 The fingerprint covers method, path, query and the body as canonical JSON
 (key order and whitespace do not matter), not headers.
+
+**No secrets at rest here.** A response member that is a secret (the signing
+secret ``POST /v1/webhooks`` returns) is left out of the record
+(``RequestTransaction.respond(..., withhold=...)``) and read again from where
+it lives when the response is replayed, so whoever can read this table never
+sees one.
+
+**Retention.** Records are kept ``idempotency_retention_hours``; the
+background work deletes older ones in batches (``nudgel.api.housekeeping``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +74,11 @@ class StoredResponse:
     status: int
     body: Any
 
-    def to_response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status, headers={REPLAYED_HEADER: "true"})
+    def to_response(self, restored: Mapping[str, Any] | None = None) -> JSONResponse:
+        """The replay; ``restored``: members the first response had but the record
+        left out (a secret), read again by the handler."""
+        body = {**self.body, **restored} if restored else self.body
+        return JSONResponse(body, status_code=self.status, headers={REPLAYED_HEADER: "true"})
 
 
 def lock_text(workspace_id: int, key: str) -> str:

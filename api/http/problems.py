@@ -16,9 +16,12 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from nudgel.api.contacts.search import Q_PATTERN
+from nudgel.api.contacts.sorting import SORT_PATTERN
 from nudgel.api.problems import PROBLEM_JSON, FieldError, ProblemError, problem_type
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 __all__ = ["install_problem_handlers", "problem_response", "problem_responses", "validation_errors"]
 
@@ -57,17 +60,76 @@ def _pointer(parts: Sequence[int | str]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def validation_errors(raw: Sequence[Any]) -> list[FieldError]:
+# Patterns of the API's string types, in words: a person reads the detail, not
+# the regular expression.
+_PATTERN_WORDS = {
+    r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$": (
+        "must be printable text, without control characters or spaces at either end"
+    ),
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$": (
+        "must start with a letter or digit and hold only letters, digits, `_`, `.` and `-`"
+    ),
+    r"^[a-z_][a-z0-9_]*$": (
+        "must be a lower-case identifier: letters, digits and `_`, not starting with a digit"
+    ),
+    r"^#[0-9a-fA-F]{6}$": "must be a colour written `#rrggbb`, e.g. `#ff8800`",
+    Q_PATTERN: "must hold some printable text, without control characters",
+    SORT_PATTERN: (
+        "must be `created_at`, `updated_at`, `name`, `email` or `score.NAME`, with `-` first"
+        " for descending"
+    ),
+}
+
+
+def _json_position(body: Any, offset: int) -> str:
+    """``line L, column C`` of a character offset in the request body, when known."""
+    if not isinstance(body, bytes | str):
+        return f"character {offset + 1}"
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    before = text[:offset]
+    line = before.count("\n") + 1
+    column = offset - (before.rfind("\n") + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _message(err: Mapping[str, Any], body: Any) -> tuple[str, list[int | str]]:
+    """The error's words and where it is (a JSON pointer's parts), as a person can act on."""
+    loc = list(err.get("loc", ()))[1:]
+    kind = str(err.get("type", ""))
+    message = str(err.get("msg", "invalid"))
+    context = err.get("ctx") or {}
+    if kind == "json_invalid":
+        # FastAPI puts the character offset where a pointer goes: say where it is.
+        offset = loc[0] if loc and isinstance(loc[0], int) else 0
+        reason = context.get("error", "not valid JSON")
+        return f"the body is not valid JSON: {reason} at {_json_position(body, offset)}", []
+    if kind in ("model_attributes_type", "dict_type") and not loc:
+        if body is None or isinstance(body, bytes | str):  # not parsed: not sent as JSON
+            return (
+                "send the body as a JSON object, with the header `Content-Type: application/json`",
+                [],
+            )
+        if isinstance(body, list):
+            return "the body must be a JSON object, not an array", []
+    if kind == "string_pattern_mismatch":
+        pattern = str(context.get("pattern", ""))
+        return _PATTERN_WORDS.get(pattern, "has characters that are not allowed here"), loc
+    # Pydantic prefixes our own validators' messages; the rest reads as is.
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, "), loc
+
+
+def validation_errors(raw: Sequence[Any], body: Any = None) -> list[FieldError]:
     """Pydantic/FastAPI error dicts as :class:`FieldError`."""
     out = []
     for err in raw:
         loc = list(err.get("loc", ()))
         location = str(loc[0]) if loc else "body"
+        detail, where = _message(err, body)
         out.append(
             FieldError(
                 location=location,
-                pointer=_pointer(loc[1:]),
-                detail=str(err.get("msg", "invalid")),
+                pointer=_pointer(where),
+                detail=detail,
                 code=str(err.get("type", "invalid")),
             )
         )
@@ -88,21 +150,31 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _invalid_body(request: Request, reason: str, code: str) -> JSONResponse:
+    return problem_response(
+        request,
+        422,
+        "Invalid request",
+        f"body: {reason}",
+        type_=problem_type("validation"),
+        errors=[FieldError(location="body", pointer="", detail=reason, code=code)],
+    )
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeDecodeError, RecursionError)):
         # FastAPI answers a JSON body it cannot decode (not UTF-8, nested too
         # deep) with a bare 400, but malformed JSON with a 422: both are a
         # body that is not JSON, so both are the documented 422 problem.
-        reason = f"The body is not valid JSON: {exc.__cause__}"
-        return problem_response(
-            request,
-            422,
-            "Invalid request",
-            f"body: {reason}",
-            type_=problem_type("validation"),
-            errors=[FieldError(location="body", pointer="", detail=reason, code="json_invalid")],
+        return _invalid_body(
+            request, f"The body is not valid JSON: {exc.__cause__}", "json_invalid"
         )
+    if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
+        # Starlette answers a multipart body it cannot parse with a bare 400
+        # (found by schemathesis on POST /v1/imports): an invalid body, 422.
+        reason = f"The body is not valid multipart/form-data: {exc.__context__.message}"
+        return _invalid_body(request, reason, "form_invalid")
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
     return problem_response(
@@ -112,7 +184,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = validation_errors(exc.errors())
+    errors = validation_errors(exc.errors(), exc.body)
     first = errors[0] if errors else None
     detail = (
         f"{first.location}{first.pointer or ''}: {first.detail}"

@@ -15,7 +15,7 @@ or :data:`Writer` (PATCH, DELETE) and does all its work in one transaction::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -58,15 +58,24 @@ class RequestTransaction(Transaction):
     """A request's transaction: a replayed response, or the one it stores."""
 
     replay: JSONResponse | None = None
+    # The record behind ``replay``: for a handler that withheld members from it.
+    stored: idempotency.StoredResponse | None = None
     _key: str | None = None
     _responded: bool = field(default=False, repr=False)
 
-    async def respond(self, status: int, body: BaseModel) -> JSONResponse:
-        """The response, stored for replays when the request has an Idempotency-Key."""
+    async def respond(
+        self, status: int, body: BaseModel, *, withhold: Collection[str] = ()
+    ) -> JSONResponse:
+        """The response, stored for replays when the request has an Idempotency-Key.
+
+        ``withhold``: top-level members (secrets) the stored copy leaves out; the
+        handler puts them back on replay (``tx.stored.to_response({...})``).
+        """
         await self.reevaluate()
         content = body.model_dump(mode="json")
         if self._key is not None:
-            await idempotency.complete(self.conn, self.workspace_id, self._key, status, content)
+            kept = {name: value for name, value in content.items() if name not in withhold}
+            await idempotency.complete(self.conn, self.workspace_id, self._key, status, kept)
         self._responded = True
         return JSONResponse(content, status_code=status)
 
@@ -90,6 +99,7 @@ class WriteContext:
                     await idempotency.fingerprint(self.request),
                 )
                 if stored is not None:
+                    tx.stored = stored
                     tx.replay = stored.to_response()
             yield tx
             await tx.reevaluate()

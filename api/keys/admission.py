@@ -78,7 +78,9 @@ async def admit(
     conn: AsyncConnection, key_hash: bytes, per_second: float, burst: int
 ) -> Admission | None:
     """The key's admission (``limited`` when over its rate), or None for no valid key."""
-    interval = timedelta(seconds=1 / per_second)
+    # At least a microsecond (timestamptz's resolution): a rate above a million a
+    # second would otherwise round the interval to zero.
+    interval = max(timedelta(seconds=1 / per_second), timedelta(microseconds=1))
     window = interval * burst
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(_ADMIT, {"hash": key_hash, "interval": interval, "window": window})

@@ -35,6 +35,8 @@ zero, a limit) are refused with the template's line.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import resource
 import signal
@@ -261,11 +263,19 @@ def _make_environments(limits: Limits) -> None:
     _compiled.cache_clear()
 
 
+# Scheduling priority of worker processes (0 normal, 19 lowest).
+WORKER_NICENESS = 10
+
+
 def start_worker(limits: Limits) -> None:
     """Initialise a render worker process (its pool calls this once per process)."""
     # Die at once when the pool stops this worker on a timeout, even in the
     # middle of a long C call (a Python handler would wait for it to return).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # User code yields the CPU to the server: a tenant's heavy templates slow
+    # down themselves, not every other tenant's requests.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     if limits.memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     _make_environments(limits)

@@ -19,9 +19,13 @@ One pass (:func:`deliver_once`) does three things:
    event (``lock_contact``, the upsert's locks): a contact's later event
    cannot be written, let alone fanned out, before its earlier one commits.
 3. **Send and settle.** Each claimed delivery is signed per Standard Webhooks
-   (``webhook-id`` is the event id, the same on every retry) and POSTed; 2xx
-   settles it as delivered, anything else schedules a retry with exponential
-   backoff and jitter, until ``webhook_max_attempts`` make it ``failed``.
+   (``webhook-id`` is the event id, the same on every retry) and POSTed
+   through :func:`delivery_client`, which connects only to public addresses
+   (``nudgel.api.webhooks.destinations``); 2xx settles it as delivered,
+   anything else schedules a retry with exponential backoff and jitter, until
+   ``webhook_max_attempts`` make it ``failed``. An attempt's error is a short
+   class (``timeout``, ``connection_refused``, ``dns_error``, ``tls_error``,
+   ``blocked_address``, ``http_5xx``, ...), never the raw connect error.
 
 **Leases, not open transactions.** The claim commits at once and leaves a
 lease on the row: ``next_attempt_at`` moves to the end of the request's time
@@ -59,10 +63,17 @@ from datetime import UTC, datetime
 import httpx
 import psycopg
 from nudgel.api.db.pool import make_pool
+from nudgel.api.housekeeping import housekeeping_loop
 from nudgel.api.jobs.resume import resume_loop
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.rules.scheduler import scheduler_loop
 from nudgel.api.settings import Settings
+from nudgel.api.webhooks.destinations import (
+    DestinationError,
+    PinnedBackend,
+    PinnedTransport,
+    error_class,
+)
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from standardwebhooks.webhooks import Webhook
@@ -75,6 +86,7 @@ __all__ = [
     "backoff_seconds",
     "claim",
     "deliver_once",
+    "delivery_client",
     "expire",
     "fan_out",
     "make_worker_pool",
@@ -90,7 +102,8 @@ log = logging.getLogger(__name__)
 _FANOUT_LOCK_KEY = 0x6E75_6467_656C_0005
 FANOUT_LIMIT = 500
 CLAIM_LIMIT = 20
-INTERRUPTED = "interrupted: the worker stopped before the endpoint answered"
+# The worker stopped (or lost its lease) before the endpoint answered.
+INTERRUPTED = "interrupted"
 USER_AGENT = f"nudgel-webhooks/{__version__}"
 
 
@@ -260,13 +273,15 @@ async def send(client: httpx.AsyncClient, claimed: Claimed, settings: Settings) 
         ):
             # The body is never read: only the status matters.
             status = response.status_code
-    except TimeoutError:
-        return Outcome(None, f"timeout: no answer within {settings.webhook_timeout:g}s")
-    except httpx.HTTPError as exc:
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:500])
+    except (TimeoutError, httpx.HTTPError, DestinationError) as exc:
+        # What went wrong is logged for the operator; /deliveries shows its
+        # class only (error_class): connect errors and their timing would
+        # map the network behind the service for whoever holds a key.
+        log.info("delivery %s failed: %r", claimed.delivery_pk, exc)
+        return Outcome(None, error_class(exc))
     if 200 <= status < 300:
         return Outcome(status, None)
-    return Outcome(status, f"HTTP {status}")
+    return Outcome(status, f"http_{status // 100}xx")
 
 
 async def settle(
@@ -329,11 +344,30 @@ async def deliver_once(
     return fanned + expired + len(claimed)
 
 
+def delivery_client(settings: Settings) -> httpx.AsyncClient:
+    """The client deliveries go out through: it connects only to addresses checked by
+    ``destinations`` (pinned, so DNS rebinding cannot redirect it), follows no redirect
+    (a 3xx could point anywhere), and ignores proxy settings of the environment."""
+    backend = PinnedBackend(allow_private=settings.webhook_allow_private)
+    return httpx.AsyncClient(
+        transport=PinnedTransport(backend),
+        timeout=settings.webhook_timeout,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
 def make_worker_pool(url: str) -> AsyncConnectionPool:
     """The background work's own small pool (not yet open): deliveries and the scheduler
     never wait on API requests."""
     return AsyncConnectionPool(
-        url, min_size=1, max_size=3, kwargs={"autocommit": True}, open=False, name="nudgel-worker"
+        # Deliveries, the scheduler and the idempotency purge share it.
+        url,
+        min_size=1,
+        max_size=4,
+        kwargs={"autocommit": True},
+        open=False,
+        name="nudgel-worker",
     )
 
 
@@ -347,9 +381,7 @@ async def run_worker(
     loop goes on: a database restart must not end delivery for good.
     """
     stop = stop if stop is not None else asyncio.Event()
-    async with httpx.AsyncClient(
-        timeout=settings.webhook_timeout, follow_redirects=False
-    ) as client:
+    async with delivery_client(settings) as client:
         while not stop.is_set():
             try:
                 busy = await deliver_once(pool, client, settings) > 0
@@ -378,10 +410,13 @@ async def run_standalone(url: str, settings: Settings) -> None:
     await jobs_pool.open(wait=True)
     jobs = JobHost(jobs_pool, settings)
     try:
+        # The scheduler (re-evaluation as time passes), the resumption of jobs
+        # and the purge of expired idempotency records are background work too.
         await asyncio.gather(
             run_worker(pool, settings, stop),
             scheduler_loop(pool, settings.schedule_interval, stop),
             resume_loop(jobs, settings.job_resume_interval, stop),
+            housekeeping_loop(pool, settings, stop),
         )
     finally:
         await jobs.stop()  # their leases released: another process resumes them at once

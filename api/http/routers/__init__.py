@@ -1,6 +1,9 @@
-"""One router per resource; :data:`ROUTERS` is what the app mounts under ``/v1``."""
+"""One router per resource: :data:`ROUTERS` is what the app mounts under ``/v1``,
+:data:`OPENAPI_TAGS` their sections of the API's document, in the same order."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 from nudgel.api.http.routers import (
@@ -21,22 +24,24 @@ from nudgel.api.http.routers import (
     webhooks,
 )
 
-__all__ = ["ROUTERS"]
+__all__ = ["OPENAPI_TAGS", "ROUTERS"]
 
-ROUTERS: list[APIRouter] = [
-    contacts.router,
-    events.router,
-    fields.router,
-    tags.router,
-    webhooks.router,
-    rules.router,
-    history.router,
-    segments.router,
-    jobs.router,
-    imports.router,
-    test_clock.router,
-    lists.router,
-    subscriptions.router,
-    keys.router,
-    dev_inbox.router,
-]
+_RESOURCES = (
+    contacts,
+    events,
+    fields,
+    tags,
+    webhooks,
+    rules,
+    history,
+    segments,
+    jobs,
+    imports,
+    test_clock,
+    lists,
+    subscriptions,
+    keys,
+    dev_inbox,
+)
+ROUTERS: list[APIRouter] = [resource.router for resource in _RESOURCES]
+OPENAPI_TAGS: list[dict[str, Any]] = [resource.OPENAPI_TAG for resource in _RESOURCES]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from nudgel.api.http.auth import authenticate, tenant_connection
 from nudgel.api.http.problems import problem_responses
 from nudgel.api.http.query_params import reject_unknown_query
+from nudgel.api.http.storable_text import refuse_unstorable_text
 from nudgel.api.jobs.runner import JobHost
 from nudgel.api.settings import Settings
 from psycopg import AsyncConnection
@@ -30,7 +31,13 @@ def resource_router(prefix: str, tag: str, description: str) -> tuple[APIRouter,
     router = APIRouter(
         prefix=prefix,
         tags=[tag],
-        dependencies=[Depends(authenticate), Depends(reject_unknown_query)],
+        # After the key: a query parameter the route does not take is a 400,
+        # then text PostgreSQL cannot store is a 422, on every route.
+        dependencies=[
+            Depends(authenticate),
+            Depends(reject_unknown_query),
+            Depends(refuse_unstorable_text),
+        ],
         responses=problem_responses(400, 401, 403, 413, 422, 429, 503),
     )
     return router, {"name": tag, "description": description}

@@ -37,6 +37,7 @@ class FieldList(ListResponse[FieldDefinition]):
     status_code=status.HTTP_201_CREATED,
     response_model=FieldDefinition,
     summary="Create a field",
+    description='Declares a custom field with its type; contacts\' `fields.NAME` values are validated against it and rules read it as `fields.NAME`. Writes also create fields on first use (type inferred), unless the workspace is strict. Fires `field.created`. Example: `{"name": "ltv", "type": "number"}`.',
     response_description="Created.",
     responses={**replayable(201), **problem_responses(409, 422)},
 )
@@ -48,7 +49,13 @@ async def create_field(body: FieldCreate, writer: PostWriter) -> object:
         return await tx.respond(201, field)
 
 
-@router.get("", response_model=FieldList, summary="List fields", responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=FieldList,
+    summary="List fields",
+    description='The workspace\'s custom fields in name order, e.g. `{"object": "list", "data": [{"object": "field", "name": "ltv", "type": "number", ...}], "has_more": false}`.',
+    responses=problem_responses(422),
+)
 async def list_fields(auth: Auth, conn: Conn, page: PageParams) -> FieldList:
     rows = await FIELDS.page(conn, auth.workspace_id, page.starting_after, page.fetch)
     data, has_more, cursor = page_of(rows, page, lambda f: f.name)
@@ -62,6 +69,7 @@ NameParam = Annotated[str, Path(description="The field's name.")]
     "/{name}",
     response_model=FieldDefinition,
     summary="Get a field",
+    description="One custom field by name, e.g. `GET /v1/fields/ltv`. 404 when the workspace has none of that name.",
     responses=problem_responses(404),
 )
 async def get_field(name: NameParam, auth: Auth, conn: Conn) -> FieldDefinition:

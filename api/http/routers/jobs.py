@@ -54,7 +54,13 @@ class Job(BaseModel):
     finished_at: datetime | None
 
 
-@router.get("/{job_id}", response_model=Job, summary="Get a job", responses=problem_responses(404))
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    summary="Get a job",
+    description="A backfill or import job: its status (`queued`, `running`, `succeeded`, `failed`), progress (`done` of `total`), result or error, and lease (`attempts`, `heartbeat_at`). Poll it until it ends, e.g. `GET /v1/jobs/job_...`.",
+    responses=problem_responses(404),
+)
 async def get_job(job_id: JobId, auth: Auth, conn: Conn) -> Job:
     row = await job_view(conn, auth.workspace_id, job_id)
     if row is None:

@@ -79,7 +79,11 @@ class Key(BaseModel):
 
 
 class KeyCreated(Key):
-    secret: str = Field(description="The key itself: shown this once, never again.")
+    secret: str | None = Field(
+        description="The key itself: shown this once, never again. null on an idempotent"
+        " replay: the secret is never stored, so a retried creation whose first answer was"
+        " lost should revoke that key and create another."
+    )
 
 
 class KeyList(ListResponse[Key]):
@@ -132,7 +136,13 @@ def _key_number(text: str | None, pointer: str, location: str = "path") -> int |
     return int(match.group(1))
 
 
-@router.get("", response_model=KeyList, summary="List keys", responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=KeyList,
+    summary="List keys",
+    description="This workspace's keys of the calling key's mode, revoked and expired ones included: prefix, name, scopes, created, last used (to the minute), expiry, revocation. Never the secret. Full keys only.",
+    responses=problem_responses(422),
+)
 async def list_keys(auth: Auth, conn: Conn, page: PageParams) -> KeyList:
     after = _key_number(page.starting_after, "/starting_after", "query")
     rows = [_key(k) for k in await store.list_keys(conn, auth.workspace_id, after, page.fetch)]
@@ -160,8 +170,8 @@ async def create_key(body: KeyCreate, auth: Auth, writer: PostWriter) -> object:
             errors=[FieldError(location="body", pointer="/expires_at", detail=detail, code="past")],
         )
     async with writer.transaction() as tx:
-        if tx.replay is not None:
-            return tx.replay
+        if tx.stored is not None:
+            return tx.stored.to_response({"secret": None})
         issued = await store.create_key_async(
             tx.conn,
             tx.workspace_id,
@@ -170,7 +180,7 @@ async def create_key(body: KeyCreate, auth: Auth, writer: PostWriter) -> object:
             scopes=body.scopes,
             expires_at=body.expires_at,
         )
-        return await tx.respond(201, _created(issued))
+        return await tx.respond(201, _created(issued), withhold={"secret"})
 
 
 @router.post(
@@ -186,14 +196,14 @@ async def rotate_key(key_id: KeyIdParam, body: KeyRotate, writer: PostWriter) ->
     number = _key_number(key_id, "/key_id")
     assert number is not None
     async with writer.transaction() as tx:
-        if tx.replay is not None:
-            return tx.replay
+        if tx.stored is not None:
+            return tx.stored.to_response({"secret": None})
         issued = await store.rotate_key(
             tx.conn, tx.workspace_id, number, timedelta(hours=body.overlap_hours)
         )
         if issued is None:
             raise ProblemError.not_found(f"Active key {key_id!r}")
-        return await tx.respond(201, _created(issued))
+        return await tx.respond(201, _created(issued), withhold={"secret"})
 
 
 @router.delete(

@@ -69,7 +69,11 @@ async def create_list(body: ListCreate, writer: PostWriter) -> object:
 
 
 @router.get(
-    "", response_model=SubscriptionListPage, summary="List lists", responses=problem_responses(422)
+    "",
+    response_model=SubscriptionListPage,
+    summary="List lists",
+    description="The workspace's subscription lists in name order, with their templates.",
+    responses=problem_responses(422),
 )
 async def list_lists(auth: Auth, conn: Conn, page: PageParams) -> SubscriptionListPage:
     rows = await LISTS.page(conn, auth.workspace_id, page.starting_after, page.fetch)
@@ -81,6 +85,7 @@ async def list_lists(auth: Auth, conn: Conn, page: PageParams) -> SubscriptionLi
     "/{name}",
     response_model=SubscriptionList,
     summary="Get a list",
+    description="One list by name, e.g. `GET /v1/lists/newsletter`, with its double opt-in setting and templates.",
     responses=problem_responses(404),
 )
 async def get_list(name: NameParam, auth: Auth, conn: Conn) -> SubscriptionList:

@@ -29,7 +29,12 @@ class SegmentMembers(ListResponse[ContactOut]):
     pass
 
 
-@router.get("", response_model=SegmentList, summary="List segments")
+@router.get(
+    "",
+    response_model=SegmentList,
+    summary="List segments",
+    description="Every deployed segment with its title and current size (the stored, real-time membership). Empty when no rules are deployed.",
+)
 async def list_segments(auth: Auth, conn: Conn, page: PageParams) -> SegmentList:
     rows = await segments.list_segments(conn, auth.workspace_id, page.starting_after, page.fetch)
     data, has_more, cursor = page_of(rows, page, lambda s: s.name)

@@ -35,6 +35,7 @@ NameParam = Annotated[str, Path(description="The tag's name (percent-encoded).")
     status_code=status.HTTP_201_CREATED,
     response_model=Tag,
     summary="Create a tag",
+    description='Defines a tag and its colour (contacts may carry tags that have no definition). Fires `tag.created`. Example: `{"name": "premium", "color": "#ff8800"}`.',
     response_description="Created.",
     responses={**replayable(201), **problem_responses(409, 422)},
 )
@@ -46,7 +47,13 @@ async def create_tag(body: TagCreate, writer: PostWriter) -> object:
         return await tx.respond(201, tag)
 
 
-@router.get("", response_model=TagList, summary="List tags", responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=TagList,
+    summary="List tags",
+    description="The workspace's tag definitions in name order, with their colours.",
+    responses=problem_responses(422),
+)
 async def list_tags(auth: Auth, conn: Conn, page: PageParams) -> TagList:
     rows = await TAGS.page(conn, auth.workspace_id, page.starting_after, page.fetch)
     data, has_more, cursor = page_of(rows, page, lambda t: t.name)
@@ -54,7 +61,11 @@ async def list_tags(auth: Auth, conn: Conn, page: PageParams) -> TagList:
 
 
 @router.get(
-    "/{name:path}", response_model=Tag, summary="Get a tag", responses=problem_responses(404)
+    "/{name:path}",
+    response_model=Tag,
+    summary="Get a tag",
+    description="One tag definition by name (percent-encoded), e.g. `GET /v1/tags/premium`. 404 when it is not defined.",
+    responses=problem_responses(404),
 )
 async def get_tag(name: NameParam, auth: Auth, conn: Conn) -> Tag:
     return await TAGS.get(conn, auth.workspace_id, name)

@@ -26,7 +26,11 @@ router, OPENAPI_TAG = resource_router(
 
 
 @router.get(
-    "", response_model=TestClock, summary="The test clock", responses=problem_responses(403)
+    "",
+    response_model=TestClock,
+    summary="The test clock",
+    description="The instant rules evaluate at in this test-mode workspace: frozen (`frozen_time`) or the wall clock. 403 with a live key.",
+    responses=problem_responses(403),
 )
 async def get_test_clock(auth: Auth, conn: Conn) -> TestClock:
     require_test_mode(auth.mode)
@@ -50,6 +54,7 @@ async def set_test_clock(body: FreezeClock, auth: Auth, conn: Conn) -> TestClock
     "/advance",
     response_model=TestClock,
     summary="Advance the test clock",
+    description='Moves the frozen clock forward to `to` and re-evaluates every contact whose windows closed on the way (segments exited, scores fell), as time passing would. Example: `{"to": "2026-07-01T00:00:00Z"}`. 403 with a live key.',
     responses={**replayable(200), **problem_responses(403, 422)},
 )
 async def advance_test_clock(body: Advance, auth: Auth, writer: PostWriter) -> object:

@@ -9,21 +9,19 @@ its idempotent replays, which must give the client what the first call did).
 
 from __future__ import annotations
 
-import base64
 import re
-import secrets
-import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import Path, status
+from fastapi import Path, Request, status
 from nudgel.api.http.auth import Auth
 from nudgel.api.http.pagination import ListResponse, PageParams, page_of
 from nudgel.api.http.problems import problem_responses
-from nudgel.api.http.routers.common import Conn, resource_router
+from nudgel.api.http.routers.common import Conn, resource_router, settings_of
 from nudgel.api.http.writes import PostWriter, Writer, replayable
 from nudgel.api.problems import FieldError, ProblemError, problem_type
+from nudgel.api.webhooks import endpoints
 from nudgel.api.webhooks.outbox import EVENT_TYPES
 from psycopg.rows import dict_row
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -120,7 +118,14 @@ class Attempt(BaseModel):
         description="Null while the request is in flight, or when it was interrupted."
     )
     response_status: int | None = Field(description="The endpoint's HTTP status, if it answered.")
-    error: str | None = Field(description="Why it failed (null when delivered or in flight).")
+    error: str | None = Field(
+        description="Why it failed, as a short class (null when delivered or in flight):"
+        " `http_4xx`, `http_5xx` (any other status: `http_1xx`, `http_3xx`; redirects are"
+        " not followed), `timeout`, `connection_refused`, `connection_reset`,"
+        " `connection_error`, `dns_error`, `tls_error`, `protocol_error`, `blocked_address`"
+        " (the host is or resolves to a non-public address), `interrupted` (the worker"
+        " stopped before the answer)."
+    )
 
 
 class Delivery(BaseModel):
@@ -140,18 +145,8 @@ class DeliveryList(ListResponse[Delivery]):
 
 
 IdParam = Annotated[str, Path(description="The webhook's id (`wh_...`).")]
-_COLUMNS = "id, url, events, created_at"
+_COLUMNS = endpoints.COLUMNS
 _DELIVERY_ID = re.compile(r"^dlv_([1-9][0-9]{0,18})$")
-
-
-def new_webhook_id() -> str:
-    """``wh_`` + 12 hex digits of milliseconds + 80 random bits: time-ordered, unguessable."""
-    return f"wh_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
-
-
-def new_secret() -> str:
-    """A Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def _not_found(webhook_id: str) -> ProblemError:
@@ -164,25 +159,40 @@ def _not_found(webhook_id: str) -> ProblemError:
     response_model=WebhookCreated,
     summary="Create a webhook",
     description="Events that happen from now on and match `events` are POSTed to `url`."
-    " The response carries the signing `secret`, shown only this once.",
+    " The response carries the signing `secret`, shown only this once (and to replays"
+    " with the same `Idempotency-Key`). `url` must reach a public address: a host that is,"
+    " or resolves to, a loopback, private, link-local, shared, multicast, reserved or"
+    " cloud metadata address is refused (422, `blocked_address`), and so is every"
+    " delivery to one. 404: a replay of a creation whose webhook was deleted since.",
     response_description="Created.",
-    responses={**replayable(201), **problem_responses(409, 422)},
+    responses={**replayable(201), **problem_responses(404, 409, 422)},
 )
-async def create_webhook(body: WebhookCreate, writer: PostWriter) -> object:
+async def create_webhook(body: WebhookCreate, writer: PostWriter, request: Request) -> object:
     async with writer.transaction() as tx:
-        if tx.replay is not None:
-            return tx.replay
-        cur = tx.conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "INSERT INTO webhooks (workspace_id, id, url, events, secret)"
-            f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}, secret",
-            (tx.workspace_id, new_webhook_id(), body.url, body.events, new_secret()),
-        )
-        return await tx.respond(201, WebhookCreated.model_validate(await cur.fetchone()))
+        if tx.stored is not None:
+            # The record holds no secret: it is read again from the webhook.
+            webhook_id = str(tx.stored.body["id"])
+            secret = await endpoints.secret_of(tx.conn, tx.workspace_id, webhook_id)
+            if secret is None:
+                raise ProblemError(
+                    404,
+                    "Not found",
+                    f"Webhook {webhook_id!r}, created by the first request with this"
+                    " Idempotency-Key, has been deleted since, and its secret with it."
+                    " Use a new key to create another webhook.",
+                    type_=problem_type("not-found"),
+                )
+            return tx.stored.to_response({"secret": secret})
+        row = await endpoints.create(tx, body.url, body.events, settings_of(request))
+        return await tx.respond(201, WebhookCreated.model_validate(row), withhold={"secret"})
 
 
 @router.get(
-    "", response_model=WebhookList, summary="List webhooks", responses=problem_responses(422)
+    "",
+    response_model=WebhookList,
+    summary="List webhooks",
+    description="The workspace's webhook endpoints (without their secrets), in id order.",
+    responses=problem_responses(422),
 )
 async def list_webhooks(auth: Auth, conn: Conn, page: PageParams) -> WebhookList:
     cur = conn.cursor(row_factory=dict_row)
