@@ -60,7 +60,7 @@ from __future__ import annotations
 import re
 import string
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, TypeAlias
@@ -884,6 +884,12 @@ class _Matcher:
 @lru_cache(maxsize=512)
 def _matcher(source: str) -> _Matcher:
     return _Matcher(_compile(source)[1])
+
+
+def matcher(regex: PortableRegex) -> Callable[[str], bool]:
+    """``search`` for one regex with its automaton found once, for compiled
+    programs (they fold the subject first when ``regex.ignore_case``)."""
+    return _matcher(regex.source).search
 
 
 def search(regex: PortableRegex, subject: str) -> bool:

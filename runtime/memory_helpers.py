@@ -1,21 +1,21 @@
 """Small run-time helpers that compiled in-memory programs call. They implement
-the language's value rules (§5, §6, §8) once; the generated code inlines
-everything else."""
+the language's value rules (§5, §6, §8) once, off the hot paths; the generated
+code inlines everything else (event windows, counts, loops over events)."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any
 
-from nudgel.runtime.contact import Contact, Event
+from nudgel.runtime.contact import Event
 
 # Exact decimal arithmetic: with this precision, sums and products of the
 # numbers the loader accepts never round.
 EXACT = Context(prec=100_000, Emax=MAX_EMAX, Emin=MIN_EMIN)
 ZERO = Decimal(0)
 AVG_SCALE = 10**12
+# The (events, times) of a name the contact has no events of. Never mutated.
+NO_EVENTS: tuple[list[Event], list[int]] = ([], [])
 
 
 def jpath(value: Any, path: tuple[str, ...]) -> Any:
@@ -84,54 +84,17 @@ def has(value: Any, element: Any) -> bool:
     return any(jscalar(item) == wanted for item in value)
 
 
-def window(contact: Contact, name: str | None, after: int | None, now: int) -> list[Event]:
-    """The events named ``name`` (any when None) with ``after < at <= now``."""
-    events, times = contact.events_named(name)
-    high = bisect_right(times, now)
-    low = 0 if after is None else bisect_right(times, after)
-    return events[low:high] if low < high else []
-
-
-def count(contact: Contact, name: str | None, after: int | None, now: int) -> int:
-    _, times = contact.events_named(name)
-    high = bisect_right(times, now)
-    low = 0 if after is None else bisect_right(times, after)
-    return high - low if high > low else 0
-
-
-def numbers(events: Iterable[Event], path: tuple[str, ...]) -> list[int | Decimal]:
-    found = []
-    for event in events:
-        value = jpath(event.props, path)
-        kind = type(value)
-        if kind is int or kind is Decimal:
-            found.append(value)
-    return found
-
-
-def total(values: Iterable[int | Decimal]) -> Decimal:
-    result = ZERO
-    for value in values:
-        result = EXACT.add(result, value)
-    return result
-
-
 def average(values: list[int | Decimal]) -> Decimal | None:
     """Exact mean rounded half away from zero to 12 places (spec §8)."""
     if not values:
         return None
-    numerator, denominator = total(values).as_integer_ratio()
+    total = ZERO
+    for value in values:
+        total = EXACT.add(total, value)
+    numerator, denominator = total.as_integer_ratio()
     denominator *= len(values)
     magnitude = (2 * abs(numerator) * AVG_SCALE + denominator) // (2 * denominator)
     return Decimal(magnitude if numerator >= 0 else -magnitude).scaleb(-12, EXACT)
-
-
-def smallest(values: list[int | Decimal]) -> int | Decimal | None:
-    return min(values) if values else None
-
-
-def largest(values: list[int | Decimal]) -> int | Decimal | None:
-    return max(values) if values else None
 
 
 def per_event(points: Decimal, count: int, cap: Decimal | None) -> Decimal:
